@@ -1,0 +1,178 @@
+//! Weight files in the three formats users exchange with PyTorch, chosen by extension:
+//! `.ot` (TorchScript archive, tch's native format; Python reads it with
+//! `torch.jit.load(p).state_dict()`, keys carry `|` for `.`), `.safetensors`, and `.pth`/`.pt`
+//! (`torch.save` of a state_dict, the original's format). Loading checks every key and shape
+//! against the model; saving is atomic (temporary file, fsync, rename).
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, CString};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tch::{nn::VarStore, Device, Tensor};
+
+/// A weight-file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ot,
+    Safetensors,
+    Pth,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("ot") => Ok(Self::Ot),
+            Some("safetensors") => Ok(Self::Safetensors),
+            Some("pth" | "pt" | "bin") => Ok(Self::Pth),
+            _ => bail!(
+                "{}: unknown weight format; use a name ending in .ot, .safetensors, .pth or .pt",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// libtorch's messages carry a C++ backtrace after the first line; users need only that line.
+pub(crate) fn first_line(err: impl std::fmt::Display) -> String {
+    err.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// Reads every named tensor of a weight file onto the CPU.
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let format = Format::from_path(path)?;
+    if !path.is_file() {
+        bail!("{}: no such file", path.display());
+    }
+    let result = match format {
+        // tch turns the archive's `|` back into `.`.
+        Format::Ot => Tensor::load_multi_with_device(path, Device::Cpu),
+        Format::Safetensors => Tensor::read_safetensors(path),
+        Format::Pth => Tensor::loadz_multi_with_device(path, Device::Cpu),
+    };
+    result.map_err(|e| anyhow::anyhow!("{}: not a readable {format:?} weight file ({})", path.display(), first_line(e)))
+}
+
+extern "C" {
+    fn dit_write_pth(
+        path: *const c_char,
+        names: *const *const c_char,
+        tensors: *const *const torch_sys::C_tensor,
+        count: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+}
+
+fn write_pth(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    let cpath = CString::new(path.to_string_lossy().as_bytes())?;
+    let names: Vec<CString> = named.iter().map(|(n, _)| CString::new(n.as_str())).collect::<Result<_, _>>()?;
+    let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    let tensor_ptrs: Vec<*const torch_sys::C_tensor> = named.iter().map(|(_, t)| t.as_ptr()).collect();
+    let mut err = vec![0 as c_char; 1024];
+    // SAFETY: every pointer lives until the call returns; the shim copies what it keeps.
+    let rc = unsafe {
+        dit_write_pth(cpath.as_ptr(), name_ptrs.as_ptr(), tensor_ptrs.as_ptr(), named.len(), err.as_mut_ptr(), err.len())
+    };
+    if rc != 0 {
+        // SAFETY: the shim always NUL-terminates within err's length.
+        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        bail!("{msg}");
+    }
+    Ok(())
+}
+
+/// Writes `bytes`-producing `write` to `path` atomically: into a temporary file beside it,
+/// fsynced, then renamed over `path`. A crash at any moment leaves the old file intact.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    let file_name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    // Keep the extension last: some writers pick their format from it.
+    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), file_name.to_string_lossy()));
+    let result = write(&tmp).and_then(|()| {
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        File::open(&dir)?.sync_all()?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Writes named tensors atomically, in the format `path`'s extension names.
+pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    let format = Format::from_path(path)?;
+    let cpu: Vec<(String, Tensor)> =
+        named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    write_atomic(path, |tmp| {
+        match format {
+            Format::Ot => Tensor::save_multi(&cpu, tmp).map_err(|e| anyhow::anyhow!(first_line(e)))?,
+            Format::Safetensors => Tensor::write_safetensors(&cpu, tmp).map_err(|e| anyhow::anyhow!(first_line(e)))?,
+            Format::Pth => write_pth(tmp, &cpu)?,
+        }
+        Ok(())
+    })
+}
+
+/// Named tensors of a VarStore, sorted by name.
+pub fn named_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<_> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// Compares a file's tensors with the model's variables; on any difference, an error that
+/// lists the missing, unexpected and mis-shaped keys.
+pub fn check_keys(path: &Path, expected: &BTreeMap<String, Vec<i64>>, found: &[(String, Tensor)]) -> Result<()> {
+    let found: BTreeMap<&str, Vec<i64>> = found.iter().map(|(n, t)| (n.as_str(), t.size())).collect();
+    let missing: Vec<&str> = expected.keys().map(String::as_str).filter(|k| !found.contains_key(k)).collect();
+    let unexpected: Vec<&str> = found.keys().copied().filter(|k| !expected.contains_key(*k)).collect();
+    let misshaped: Vec<String> = expected
+        .iter()
+        .filter_map(|(k, want)| match found.get(k.as_str()) {
+            Some(got) if got != want => Some(format!("{k} (file {got:?}, model {want:?})")),
+            _ => None,
+        })
+        .collect();
+    if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
+        return Ok(());
+    }
+    let mut parts = vec![];
+    for (what, list) in [("missing", missing.iter().map(|s| s.to_string()).collect::<Vec<_>>()), ("unexpected", unexpected.iter().map(|s| s.to_string()).collect()), ("mis-shaped", misshaped)] {
+        if !list.is_empty() {
+            parts.push(format!("{} {what}: {}", list.len(), list.join(", ")));
+        }
+    }
+    bail!("{} does not match the model configuration: {}", path.display(), parts.join("; "))
+}
+
+/// Loads a weight file of any format into `vs`, after checking every key and shape.
+pub fn load_weights(vs: &mut VarStore, path: &Path) -> Result<()> {
+    let found = read_tensors(path)?;
+    let expected: BTreeMap<String, Vec<i64>> =
+        vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+    check_keys(path, &expected, &found)?;
+    let variables = vs.variables();
+    tch::no_grad(|| {
+        for (name, tensor) in &found {
+            let mut var = variables[name].shallow_clone();
+            var.copy_(tensor);
+        }
+    });
+    Ok(())
+}
+
+/// Saves the VarStore's variables atomically in the format `path`'s extension names.
+pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
+    write_tensors(path, &named_variables(vs))
+}

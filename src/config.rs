@@ -1,0 +1,277 @@
+//! The run configuration: `config.json`, one serde struct per section, with the original's
+//! names and default values (REFERENCE.md §1). Validation happens once, at load, and every
+//! error names the offending field.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// How attention is computed. Both give the original's numbers (the parity tests run both);
+/// they differ only in speed and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// libtorch's fused `scaled_dot_product_attention`, scale passed as 1/sqrt(L).
+    #[default]
+    Fused,
+    /// The original's explicit softmax(q·kᵀ / sqrt(L))·v, which materialises (B, H, L, L).
+    Naive,
+}
+
+/// The architecture: the arguments of the original's `DIT(...)` constructor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Side of the square input image, in pixels.
+    pub img_size: i64,
+    /// Side of a square patch; `img_size` must be a multiple of it.
+    pub patch_size: i64,
+    /// Image channels (3 for RGB).
+    pub channel: i64,
+    /// Number of DiT blocks.
+    pub dit_num: i64,
+    /// Attention heads per block (each head is `emb_size` wide, as in the original).
+    pub head: i64,
+    /// Rows of the label embedding table.
+    pub label_num: i64,
+    /// Token width.
+    pub emb_size: i64,
+    /// How attention is computed (not part of the weights).
+    pub attention: Attention,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            img_size: 256,
+            patch_size: 4,
+            channel: 3,
+            dit_num: 3,
+            head: 6,
+            label_num: 1,
+            emb_size: 64,
+            attention: Attention::Fused,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Patches per image side, P = I / p.
+    pub fn patches_per_side(&self) -> i64 {
+        self.img_size / self.patch_size
+    }
+
+    /// Tokens per image, L = P².
+    pub fn tokens(&self) -> i64 {
+        self.patches_per_side().pow(2)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("img_size", self.img_size),
+            ("patch_size", self.patch_size),
+            ("channel", self.channel),
+            ("dit_num", self.dit_num),
+            ("head", self.head),
+            ("label_num", self.label_num),
+            ("emb_size", self.emb_size),
+        ] {
+            ensure!(value > 0, "model.{name} must be a positive integer, got {value}");
+        }
+        ensure!(
+            self.img_size % self.patch_size == 0,
+            "model.img_size ({}) must be a multiple of model.patch_size ({})",
+            self.img_size,
+            self.patch_size
+        );
+        Ok(())
+    }
+}
+
+/// The DDPM noise schedule (REFERENCE.md §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiffusionConfig {
+    /// Number of diffusion steps T.
+    pub max_t: i64,
+    /// First value of the linear beta schedule.
+    pub beta_start: f64,
+    /// Last value of the linear beta schedule.
+    pub beta_end: f64,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        Self { max_t: 1000, beta_start: 0.0001, beta_end: 0.02 }
+    }
+}
+
+impl DiffusionConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.max_t > 0, "diffusion.max_t must be a positive integer, got {}", self.max_t);
+        for (name, value) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            ensure!(
+                value > 0.0 && value < 1.0,
+                "diffusion.{name} must lie strictly between 0 and 1, got {value}"
+            );
+        }
+        ensure!(
+            self.beta_start <= self.beta_end,
+            "diffusion.beta_start ({}) must not exceed diffusion.beta_end ({})",
+            self.beta_start,
+            self.beta_end
+        );
+        Ok(())
+    }
+}
+
+/// Training settings; the first six mirror the original's `config.py` and `train.py`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Number of passes over the data.
+    pub epoch: i64,
+    /// Images per optimisation step.
+    pub batch_size: i64,
+    /// Adam learning rate (peak value when a schedule is used).
+    pub lr: f64,
+    /// Threads that decode images in the background.
+    pub num_workers: i64,
+    /// Image folder, or `builtin:pandas` for the procedural data set.
+    pub data_path: String,
+    /// Where the weights are saved each epoch; the extension picks the format
+    /// (`.ot`, `.safetensors` or `.pth`).
+    pub model_save_path: String,
+    /// TensorBoard log folder.
+    pub logdir: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epoch: 10000,
+            batch_size: 6,
+            lr: 1e-6,
+            num_workers: 10,
+            data_path: "data/Pandas".into(),
+            model_save_path: "checkpoints/dit_train.ot".into(),
+            logdir: "dit_training".into(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.epoch > 0, "train.epoch must be a positive integer, got {}", self.epoch);
+        ensure!(
+            self.batch_size > 0,
+            "train.batch_size must be a positive integer, got {}",
+            self.batch_size
+        );
+        ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "train.lr must be a positive number, got {}",
+            self.lr
+        );
+        ensure!(
+            self.num_workers > 0,
+            "train.num_workers must be a positive integer, got {}",
+            self.num_workers
+        );
+        ensure!(!self.data_path.is_empty(), "train.data_path must not be empty");
+        ensure!(!self.model_save_path.is_empty(), "train.model_save_path must not be empty");
+        ensure!(!self.logdir.is_empty(), "train.logdir must not be empty");
+        Ok(())
+    }
+}
+
+/// The whole `config.json`. Every section, and every field in it, may be left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub diffusion: DiffusionConfig,
+    pub train: TrainConfig,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses and validates config text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: Config = match serde_json::from_str(text) {
+            Ok(config) => config,
+            // serde_json's message already names the field and the line.
+            Err(err) => bail!("{err}"),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.diffusion.validate()?;
+        self.train.validate()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a Config always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let c = Config::default();
+        assert_eq!((c.model.img_size, c.model.patch_size, c.model.channel), (256, 4, 3));
+        assert_eq!((c.model.dit_num, c.model.head, c.model.label_num, c.model.emb_size), (3, 6, 1, 64));
+        assert_eq!(c.model.tokens(), 4096);
+        assert_eq!((c.diffusion.max_t, c.diffusion.beta_start, c.diffusion.beta_end), (1000, 1e-4, 0.02));
+        assert_eq!((c.train.epoch, c.train.batch_size, c.train.lr), (10000, 6, 1e-6));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn shipped_config_json_is_the_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.json");
+        assert_eq!(Config::load(path).unwrap(), Config::default());
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::from_json(text).unwrap_err())
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        assert!(err(r#"{"model": {"img_sise": 32}}"#).contains("img_sise"));
+        assert!(err(r#"{"modle": {}}"#).contains("modle"));
+        assert!(err(r#"{"model": {"img_size": 30, "patch_size": 4}}"#).contains("model.img_size"));
+        assert!(err(r#"{"model": {"head": 0}}"#).contains("model.head"));
+        assert!(err(r#"{"model": {"label_num": "one"}}"#).contains("label_num") || err(r#"{"model": {"label_num": "one"}}"#).contains("invalid type"));
+        assert!(err(r#"{"diffusion": {"max_t": 0}}"#).contains("diffusion.max_t"));
+        assert!(err(r#"{"diffusion": {"beta_start": 0.5, "beta_end": 0.1}}"#).contains("beta_start"));
+        assert!(err(r#"{"diffusion": {"beta_end": 1.5}}"#).contains("diffusion.beta_end"));
+        assert!(err(r#"{"train": {"batch_size": -1}}"#).contains("train.batch_size"));
+        assert!(err(r#"{"train": {"lr": 0}}"#).contains("train.lr"));
+        assert!(err(r#"{"model": {"attention": "slow"}}"#).contains("slow"));
+        assert!(err("{not json").contains("line 1"));
+    }
+
+    #[test]
+    fn partial_configs_fill_in_defaults() {
+        let c = Config::from_json(r#"{"model": {"img_size": 32}}"#).unwrap();
+        assert_eq!(c.model.img_size, 32);
+        assert_eq!(c.model.tokens(), 64);
+        assert_eq!(c.train, TrainConfig::default());
+    }
+}

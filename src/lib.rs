@@ -1,0 +1,10 @@
+//! dit: the Diffusion Transformer of a small PyTorch program, ported to tch (libtorch) with
+//! the same parameters and the same numbers, so weights move both ways.
+
+pub mod checkpoint;
+pub mod config;
+pub mod diffusion;
+pub mod model;
+
+pub use config::Config;
+pub use model::Dit;

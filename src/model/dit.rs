@@ -1,0 +1,79 @@
+//! `Dit`: patchify, time and label conditioning, the block stack, and the original's
+//! unpatchify (REFERENCE.md §3).
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::{DiTBlock, TimeEmbedding};
+use crate::config::ModelConfig;
+
+#[derive(Debug)]
+pub struct Dit {
+    conv: nn::Conv2D,
+    patch_emb: nn::Linear,
+    position_emb: Tensor,
+    time_emb: TimeEmbedding,
+    time_emb_1: nn::Linear,
+    time_emb_3: nn::Linear,
+    label_emb: nn::Embedding,
+    model_list: Vec<DiTBlock>,
+    ln: nn::LayerNorm,
+    linear: nn::Linear,
+    cfg: ModelConfig,
+}
+
+impl Dit {
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Self {
+        let (c, p, e) = (cfg.channel, cfg.patch_size, cfg.emb_size);
+        let patch_dim = c * p * p;
+        let conv_cfg = nn::ConvConfig { stride: p, ..Default::default() };
+        let time_emb = vs / "time_emb";
+        let blocks = vs / "model_list";
+        Self {
+            conv: nn::conv2d(vs / "conv", c, patch_dim, p, conv_cfg),
+            patch_emb: nn::linear(vs / "patch_emb", patch_dim, e, Default::default()),
+            // torch.rand: uniform in [0, 1), as the original initialises it.
+            position_emb: vs.var(
+                "position_emb",
+                &[1, cfg.tokens(), e],
+                nn::Init::Uniform { lo: 0.0, up: 1.0 },
+            ),
+            time_emb: TimeEmbedding::new(&time_emb / 0, e),
+            time_emb_1: nn::linear(&time_emb / 1, e, e, Default::default()),
+            time_emb_3: nn::linear(&time_emb / 3, e, e, Default::default()),
+            label_emb: nn::embedding(vs / "label_emb", cfg.label_num, e, Default::default()),
+            model_list: (0..cfg.dit_num).map(|i| DiTBlock::new(&blocks / i, cfg)).collect(),
+            ln: nn::layer_norm(vs / "ln", vec![e], Default::default()),
+            linear: nn::linear(vs / "linear", e, patch_dim, Default::default()),
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// x (B, C, I, I) float, y (B) int64 labels, t (B) int64 steps → predicted noise (B, C, I, I).
+    pub fn forward(&self, x: &Tensor, y: &Tensor, t: &Tensor) -> Tensor {
+        let b = x.size()[0];
+        let (c, p, pp) = (self.cfg.channel, self.cfg.patch_size, self.cfg.patches_per_side());
+        let l = self.cfg.tokens();
+
+        let t_emb = self.time_emb.forward(t); // (B, E)
+        let t_emb = self.time_emb_3.forward(&self.time_emb_1.forward(&t_emb).relu()); // (B, E)
+        let cond = self.label_emb.forward(&y.to_kind(Kind::Int64)) + t_emb; // (B, E)
+
+        let x = self.conv.forward(x); // (B, C·p², P, P)
+        let x = x.permute([0, 2, 3, 1]).reshape([b, l, c * p * p]); // (B, L, C·p²), row-major patches
+        let mut x = self.patch_emb.forward(&x) + &self.position_emb; // (B, L, E)
+        for block in &self.model_list {
+            x = block.forward(&x, &cond); // (B, L, E)
+        }
+        let x = self.linear.forward(&self.ln.forward(&x)); // (B, L, C·p²)
+        // Unpatchify as the original writes it: channel fastest within a patch, then
+        // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.
+        x.view([b, pp, pp, p, p, c])
+            .permute([0, 5, 1, 3, 2, 4]) // (B, C, P, p, P, p)
+            .reshape([b, c, pp * p, pp * p]) // (B, C, I, I)
+    }
+}

@@ -1,0 +1,94 @@
+//! `DiTBlock`: adaLN-modulated multi-head self-attention and feed-forward (Peebles & Xie 2023,
+//! "Scalable Diffusion Models with Transformers", Fig. 3), with the original's quirks: each
+//! head is `emb_size` wide, and scores are scaled by 1/sqrt(L), not 1/sqrt(head width).
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::config::{Attention, ModelConfig};
+
+#[derive(Debug)]
+pub struct DiTBlock {
+    /// The six modulation linears in the order gama_1, beita_1, alfa_1, gama_2, beita_2, alfa_2.
+    modulation: [nn::Linear; 6],
+    ln_1: nn::LayerNorm,
+    ln_2: nn::LayerNorm,
+    /// q_emb, k_emb, v_emb.
+    qkv: [nn::Linear; 3],
+    feed_forward_0: nn::Linear,
+    feed_forward_2: nn::Linear,
+    linear_back: nn::Linear,
+    head: i64,
+    emb_size: i64,
+    attention: Attention,
+}
+
+impl DiTBlock {
+    pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
+        let e = cfg.emb_size;
+        let he = cfg.head * e;
+        let linear = |name: &str, i: i64, o: i64| nn::linear(&vs / name, i, o, Default::default());
+        let modulation = ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"]
+            .map(|name| linear(name, e, e));
+        let ff = &vs / "feed_forward";
+        Self {
+            modulation,
+            ln_1: nn::layer_norm(&vs / "ln_1", vec![e], Default::default()),
+            ln_2: nn::layer_norm(&vs / "ln_2", vec![e], Default::default()),
+            qkv: ["q_emb", "k_emb", "v_emb"].map(|name| linear(name, e, he)),
+            feed_forward_0: nn::linear(&ff / 0, e, 4 * e, Default::default()),
+            feed_forward_2: nn::linear(&ff / 2, 4 * e, e, Default::default()),
+            linear_back: linear("linear_back", he, e),
+            head: cfg.head,
+            emb_size: e,
+            attention: cfg.attention,
+        }
+    }
+
+    /// Applies several linears that share an input as one matrix product; the parameters keep
+    /// their own names and shapes, the concatenation costs a few kB per call.
+    fn fused_linear(layers: &[nn::Linear], x: &Tensor) -> Tensor {
+        let ws: Vec<&Tensor> = layers.iter().map(|l| &l.ws).collect();
+        let bs: Vec<&Tensor> = layers.iter().map(|l| l.bs.as_ref().expect("linear has a bias")).collect();
+        x.linear(&Tensor::cat(&ws, 0), Some(Tensor::cat(&bs, 0)))
+    }
+
+    /// x (B, L, E), cond (B, E) → (B, L, E).
+    pub fn forward(&self, x: &Tensor, cond: &Tensor) -> Tensor {
+        let (b, l, e) = x.size3().expect("DiTBlock input is (B, L, E)");
+        let h = self.head;
+        let m = Self::fused_linear(&self.modulation, cond).unsqueeze(1).chunk(6, -1); // 6 × (B, 1, E)
+        let (gama_1, beita_1, alfa_1) = (&m[0], &m[1], &m[2]);
+        let (gama_2, beita_2, alfa_2) = (&m[3], &m[4], &m[5]);
+
+        let u = self.ln_1.forward(x) * (1.0 + gama_1) + beita_1; // (B, L, E)
+        let qkv = Self::fused_linear(&self.qkv, &u) // (B, L, 3·H·E)
+            .view([b, l, 3, h, self.emb_size])
+            .permute([2, 0, 3, 1, 4]); // (3, B, H, L, E)
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2)); // (B, H, L, E) each
+        // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
+        // the heads forward, which is the token count. Weight exchange depends on keeping it.
+        let o = match self.attention {
+            Attention::Fused => Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                false,
+                1.0 / (l as f64).sqrt(),
+                false,
+            ),
+            Attention::Naive => {
+                let scores = q.matmul(&k.transpose(-2, -1)) / (l as f64).sqrt(); // (B, H, L, L)
+                scores.softmax(-1, scores.kind()).matmul(&v)
+            }
+        }; // (B, H, L, E)
+        let o = o.transpose(1, 2).reshape([b, l, h * e]); // (B, L, H·E), head-major
+        let x1 = x + alfa_1 * self.linear_back.forward(&o); // (B, L, E)
+
+        let w = self.ln_2.forward(&x1) * (1.0 + gama_2) + beita_2; // (B, L, E)
+        let ff = self.feed_forward_2.forward(&self.feed_forward_0.forward(&w).relu()); // (B, L, E)
+        x1 + alfa_2 * ff
+    }
+}
