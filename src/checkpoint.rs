@@ -176,3 +176,19 @@ pub fn load_weights(vs: &mut VarStore, path: &Path) -> Result<()> {
 pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
     write_tensors(path, &named_variables(vs))
 }
+
+/// The names and shapes of the model a config describes, without running anything.
+pub fn expected_shapes(cfg: &crate::config::ModelConfig) -> BTreeMap<String, Vec<i64>> {
+    let vs = VarStore::new(Device::Cpu);
+    let _model = crate::model::Dit::new(&vs.root(), cfg);
+    vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect()
+}
+
+/// Converts a weight file between formats (by extension), checking it against the model first.
+pub fn convert(input: &Path, output: &Path, cfg: &crate::config::ModelConfig) -> Result<usize> {
+    Format::from_path(output)?;
+    let tensors = read_tensors(input)?;
+    check_keys(input, &expected_shapes(cfg), &tensors)?;
+    write_tensors(output, &tensors)?;
+    Ok(tensors.len())
+}

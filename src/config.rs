@@ -7,6 +7,9 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The config file commands read when none is named.
+pub const DEFAULT_PATH: &str = "config.json";
+
 /// How attention is computed. Both give the original's numbers (the parity tests run both);
 /// they differ only in speed and memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -202,6 +205,16 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// The config a command runs with: `path` when given; otherwise `config.json` in the
+    /// working folder when there is one; otherwise the original's defaults.
+    pub fn resolve(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(path) => Self::load(path),
+            None if Path::new(DEFAULT_PATH).is_file() => Self::load(DEFAULT_PATH),
+            None => Ok(Self::default()),
+        }
     }
 
     /// Parses and validates config text.
