@@ -2,6 +2,7 @@
 //! the same parameters and the same numbers, so weights move both ways.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod diffusion;
 pub mod model;

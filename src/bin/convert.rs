@@ -2,8 +2,8 @@
 //! `.safetensors`, after checking every key and shape against the model configuration.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Result;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -18,10 +18,12 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = dit::Config::resolve(args.config.as_deref())?;
-    let n = dit::checkpoint::convert(&args.input, &args.output, &cfg.model)?;
-    println!("wrote {} ({n} tensors)", args.output.display());
-    Ok(())
+    dit::cli::run(|| {
+        let cfg = dit::Config::resolve(args.config.as_deref())?;
+        let n = dit::checkpoint::convert(&args.input, &args.output, &cfg.model)?;
+        println!("wrote {} ({n} tensors)", args.output.display());
+        Ok(())
+    })
 }

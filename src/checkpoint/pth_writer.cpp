@@ -7,6 +7,8 @@
 #include <torch/csrc/jit/serialization/pickler.h>
 
 #include <cstring>
+#include <fstream>
+#include <stdexcept>
 #include <exception>
 #include <string>
 #include <vector>
@@ -20,16 +22,27 @@ extern "C" int dit_write_pth(const char* path, const char* const* names,
       dict.insert(names[i], *tensors[i]);
     }
     std::vector<char> bytes;
-    std::vector<at::Tensor> tensor_table;
+    // No tensor table: tensors are pickled as torch.save does (_rebuild_tensor_v2 with a
+    // persistent storage id), not as TorchScript's build_tensor_from_id, which
+    // torch.load(weights_only=True) refuses.
     torch::jit::Pickler pickler(
         [&](const char* buf, size_t len) { bytes.insert(bytes.end(), buf, buf + len); },
-        &tensor_table, nullptr, nullptr, nullptr, /*tag_aggregates=*/false);
+        nullptr, nullptr, nullptr, nullptr, /*tag_aggregates=*/false);
     pickler.protocol();
     pickler.pushIValue(c10::IValue(dict));
     pickler.stop();
-    caffe2::serialize::PyTorchStreamWriter writer{std::string(path)};
-    torch::jit::writeArchiveAndTensors("data", bytes.data(), bytes.size(), tensor_table, writer);
+    std::ofstream file(path, std::ios::binary | std::ios::trunc);
+    if (!file) throw std::runtime_error(std::string("cannot create ") + path);
+    // The function-writer form names the archive "archive", as torch.save does for streams.
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* buf, size_t len) -> size_t {
+      file.write(static_cast<const char*>(buf), static_cast<std::streamsize>(len));
+      return file ? len : 0;
+    });
+    torch::jit::writeArchiveAndTensors("data", bytes.data(), bytes.size(), pickler.tensorData(),
+                                       writer);
     writer.writeEndOfFile();
+    file.close();
+    if (!file) throw std::runtime_error(std::string("cannot write ") + path);
     return 0;
   } catch (const std::exception& e) {
     // Keep the first line: libtorch appends a C++ backtrace after it.

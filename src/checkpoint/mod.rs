@@ -5,11 +5,12 @@
 //! against the model; saving is atomic (temporary file, fsync, rename).
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, CString};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+mod pth;
 use tch::{nn::VarStore, Device, Tensor};
 
 /// A weight-file format.
@@ -50,42 +51,15 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
         // tch turns the archive's `|` back into `.`.
         Format::Ot => Tensor::load_multi_with_device(path, Device::Cpu),
         Format::Safetensors => Tensor::read_safetensors(path),
-        Format::Pth => Tensor::loadz_multi_with_device(path, Device::Cpu),
+        Format::Pth => {
+            return pth::read(path).with_context(|| format!("{}: not a readable .pth state_dict", path.display()))
+        }
     };
     result.map_err(|e| anyhow::anyhow!("{}: not a readable {format:?} weight file ({})", path.display(), first_line(e)))
 }
 
-extern "C" {
-    fn dit_write_pth(
-        path: *const c_char,
-        names: *const *const c_char,
-        tensors: *const *const torch_sys::C_tensor,
-        count: usize,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
-}
-
-fn write_pth(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
-    let cpath = CString::new(path.to_string_lossy().as_bytes())?;
-    let names: Vec<CString> = named.iter().map(|(n, _)| CString::new(n.as_str())).collect::<Result<_, _>>()?;
-    let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
-    let tensor_ptrs: Vec<*const torch_sys::C_tensor> = named.iter().map(|(_, t)| t.as_ptr()).collect();
-    let mut err = vec![0 as c_char; 1024];
-    // SAFETY: every pointer lives until the call returns; the shim copies what it keeps.
-    let rc = unsafe {
-        dit_write_pth(cpath.as_ptr(), name_ptrs.as_ptr(), tensor_ptrs.as_ptr(), named.len(), err.as_mut_ptr(), err.len())
-    };
-    if rc != 0 {
-        // SAFETY: the shim always NUL-terminates within err's length.
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        bail!("{msg}");
-    }
-    Ok(())
-}
-
-/// Writes `bytes`-producing `write` to `path` atomically: into a temporary file beside it,
-/// fsynced, then renamed over `path`. A crash at any moment leaves the old file intact.
+/// Runs `write` on a temporary path beside `path`, fsyncs the result and renames it over
+/// `path`: a crash at any moment leaves either the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -118,7 +92,7 @@ pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
         match format {
             Format::Ot => Tensor::save_multi(&cpu, tmp).map_err(|e| anyhow::anyhow!(first_line(e)))?,
             Format::Safetensors => Tensor::write_safetensors(&cpu, tmp).map_err(|e| anyhow::anyhow!(first_line(e)))?,
-            Format::Pth => write_pth(tmp, &cpu)?,
+            Format::Pth => pth::write(tmp, &cpu)?,
         }
         Ok(())
     })

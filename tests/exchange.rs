@@ -1,0 +1,136 @@
+//! Weight exchange with PyTorch in both directions, through every format, and the `convert`
+//! binary's checks.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use dit::config::{Attention, Config, ModelConfig};
+use dit::Dit;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+const SMALL: &str = r#"{"img_size": 16, "patch_size": 4, "dit_num": 2, "head": 2, "label_num": 3, "emb_size": 16, "attention": "naive"}"#;
+
+fn model_cfg(json: &str) -> ModelConfig {
+    Config::from_json(&format!(r#"{{"model": {json}}}"#)).unwrap().model
+}
+
+fn inputs(dir: &Path, m: &ModelConfig) -> (Tensor, Tensor, Tensor) {
+    tch::manual_seed(11);
+    let x = Tensor::randn([2, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[2i64, 0]);
+    let t = Tensor::from_slice(&[999i64, 3]);
+    let target = x.zeros_like();
+    let named = [("x", &x), ("y", &y), ("t", &t), ("target", &target)];
+    Tensor::write_safetensors(&named, dir.join("in.safetensors")).unwrap();
+    (x, y, t)
+}
+
+fn python_output(dir: &Path, cfg: &Path, weights: &Path) -> Tensor {
+    let out = dir.join("py.safetensors");
+    golden(&["forward", "--config", p(cfg), "--weights", p(weights), "--inputs",
+        p(&dir.join("in.safetensors")), "--out", p(&out)]);
+    read(&out).remove("out").unwrap()
+}
+
+fn convert(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_convert")).args(args).output().unwrap()
+}
+
+#[test]
+fn pytorch_weights_load_in_rust_through_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = write_config(d, SMALL);
+    let m = model_cfg(SMALL);
+    let (x, y, t) = inputs(d, &m);
+    let pth = d.join("torch.pth");
+    golden(&["init", "--config", p(&cfg), "--seed", "5", "--out", p(&pth)]);
+    let expected = python_output(d, &cfg, &pth);
+
+    for ext in ["ot", "safetensors", "pth"] {
+        let converted = d.join(format!("converted.{ext}"));
+        let out = convert(&[p(&pth), p(&converted), "--config", p(&cfg)]);
+        assert!(out.status.success(), "convert to .{ext}: {}", String::from_utf8_lossy(&out.stderr));
+        // Load both the converted file and, for .pth, the original file directly.
+        for file in [&converted, &pth] {
+            let mut vs = VarStore::new(Device::Cpu);
+            let dit = Dit::new(&vs.root(), &m);
+            dit::checkpoint::load_weights(&mut vs, file).unwrap();
+            let got = tch::no_grad(|| dit.forward(&x, &y, &t));
+            let err = max_abs_diff(&got, &expected);
+            assert!(err <= 1e-5, "{}: max abs error {err:e}", file.display());
+        }
+    }
+}
+
+#[test]
+fn rust_weights_load_in_pytorch_strictly_from_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = write_config(d, SMALL);
+    let mut m = model_cfg(SMALL);
+    m.attention = Attention::Naive;
+    let (x, y, t) = inputs(d, &m);
+    tch::manual_seed(9);
+    let vs = VarStore::new(Device::Cpu);
+    let dit = Dit::new(&vs.root(), &m);
+    let expected = tch::no_grad(|| dit.forward(&x, &y, &t));
+    for ext in ["ot", "safetensors", "pth"] {
+        let file = d.join(format!("rust.{ext}"));
+        dit::checkpoint::save_weights(&vs, &file).unwrap();
+        // golden.py loads with load_state_dict(strict=True); .pth with torch.load's defaults
+        // (weights_only=True), exactly as the original's train.py does.
+        let got = python_output(d, &cfg, &file);
+        let err = max_abs_diff(&got, &expected);
+        assert!(err <= 1e-5, ".{ext}: max abs error {err:e}");
+    }
+}
+
+#[test]
+fn convert_lists_every_mismatch_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let small = write_config(d, SMALL);
+    let pth = d.join("small.pth");
+    golden(&["init", "--config", p(&small), "--out", p(&pth)]);
+    // The seed config has 3 blocks of width 64: block 2 is missing, every width is wrong.
+    let other = d.join("other.json");
+    std::fs::write(&other, r#"{"model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "label_num": 3, "emb_size": 24}}"#).unwrap();
+    let out = convert(&[p(&pth), p(&d.join("x.ot")), "--config", p(&other)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("unexpected: ") && err.contains("model_list.1.ln_1.weight"), "{err}");
+    assert!(err.contains("mis-shaped: ") && err.contains("position_emb (file [1, 16, 16], model [1, 16, 24])"), "{err}");
+    assert!(!d.join("x.ot").exists(), "nothing is written on a mismatch");
+
+    let mut bigger = Config::from_json(&format!(r#"{{"model": {SMALL}}}"#)).unwrap();
+    bigger.model.dit_num = 3;
+    std::fs::write(&other, bigger.to_json()).unwrap();
+    let out = convert(&[p(&pth), p(&d.join("x.ot")), "--config", p(&other)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing: ") && err.contains("model_list.2.q_emb.weight"), "{err}");
+}
+
+#[test]
+fn convert_rejects_bad_files_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let garbage = d.join("garbage.pth");
+    std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
+    let absent = d.join("absent.pth");
+    let cases = [
+        (vec![p(&absent), "out.ot"], "no such file"),
+        (vec![p(&garbage), "out.ot"], "garbage.pth"),
+        (vec![p(&garbage), "out.txt"], "unknown weight format"),
+    ];
+    for (args, needle) in cases {
+        let out = convert(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
