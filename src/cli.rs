@@ -32,7 +32,9 @@ impl DeviceArg {
             Self::Auto => Ok(Device::cuda_if_available()),
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-            Self::Cuda => bail!("--device cuda: no CUDA device is available (tch::Cuda::is_available() is false)"),
+            Self::Cuda => {
+                bail!("--device cuda: no CUDA device is available (tch::Cuda::is_available() is false)")
+            }
         }
     }
 }

@@ -167,16 +167,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.epoch > 0, "train.epoch must be a positive integer, got {}", self.epoch);
-        ensure!(
-            self.batch_size > 0,
-            "train.batch_size must be a positive integer, got {}",
-            self.batch_size
-        );
-        ensure!(
-            self.lr > 0.0 && self.lr.is_finite(),
-            "train.lr must be a positive number, got {}",
-            self.lr
-        );
+        ensure!(self.batch_size > 0, "train.batch_size must be a positive integer, got {}", self.batch_size);
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "train.lr must be a positive number, got {}", self.lr);
         ensure!(
             self.num_workers > 0,
             "train.num_workers must be a positive integer, got {}",
@@ -270,7 +262,10 @@ mod tests {
         assert!(err(r#"{"modle": {}}"#).contains("modle"));
         assert!(err(r#"{"model": {"img_size": 30, "patch_size": 4}}"#).contains("model.img_size"));
         assert!(err(r#"{"model": {"head": 0}}"#).contains("model.head"));
-        assert!(err(r#"{"model": {"label_num": "one"}}"#).contains("label_num") || err(r#"{"model": {"label_num": "one"}}"#).contains("invalid type"));
+        assert!(
+            err(r#"{"model": {"label_num": "one"}}"#).contains("label_num")
+                || err(r#"{"model": {"label_num": "one"}}"#).contains("invalid type")
+        );
         assert!(err(r#"{"diffusion": {"max_t": 0}}"#).contains("diffusion.max_t"));
         assert!(err(r#"{"diffusion": {"beta_start": 0.5, "beta_end": 0.1}}"#).contains("beta_start"));
         assert!(err(r#"{"diffusion": {"beta_end": 1.5}}"#).contains("diffusion.beta_end"));

@@ -30,8 +30,17 @@ fn inputs(dir: &Path, m: &ModelConfig) -> (Tensor, Tensor, Tensor) {
 
 fn python_output(dir: &Path, cfg: &Path, weights: &Path) -> Tensor {
     let out = dir.join("py.safetensors");
-    golden(&["forward", "--config", p(cfg), "--weights", p(weights), "--inputs",
-        p(&dir.join("in.safetensors")), "--out", p(&out)]);
+    golden(&[
+        "forward",
+        "--config",
+        p(cfg),
+        "--weights",
+        p(weights),
+        "--inputs",
+        p(&dir.join("in.safetensors")),
+        "--out",
+        p(&out),
+    ]);
     read(&out).remove("out").unwrap()
 }
 
@@ -104,7 +113,10 @@ fn convert_lists_every_mismatch_on_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("unexpected: ") && err.contains("model_list.1.ln_1.weight"), "{err}");
-    assert!(err.contains("mis-shaped: ") && err.contains("position_emb (file [1, 16, 16], model [1, 16, 24])"), "{err}");
+    assert!(
+        err.contains("mis-shaped: ") && err.contains("position_emb (file [1, 16, 16], model [1, 16, 24])"),
+        "{err}"
+    );
     assert!(!d.join("x.ot").exists(), "nothing is written on a mismatch");
 
     let mut bigger = Config::from_json(&format!(r#"{{"model": {SMALL}}}"#)).unwrap();

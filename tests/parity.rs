@@ -11,7 +11,8 @@ use dit::diffusion::Schedule;
 use dit::Dit;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-const SMALL: &str = r#"{"img_size": 32, "patch_size": 4, "dit_num": 2, "head": 3, "label_num": 2, "emb_size": 32}"#;
+const SMALL: &str =
+    r#"{"img_size": 32, "patch_size": 4, "dit_num": 2, "head": 3, "label_num": 2, "emb_size": 32}"#;
 const SEED: &str = "{}";
 
 /// The state_dict of REFERENCE.md §2, written out from the specification (not from the model).
@@ -53,10 +54,8 @@ fn spec_shapes(m: &ModelConfig) -> BTreeMap<String, Vec<i64>> {
         put(format!("{b}.linear_back.weight"), vec![e, h * e]);
         put(format!("{b}.linear_back.bias"), vec![e]);
     }
-    for k in ["ln"] {
-        put(format!("{k}.weight"), vec![e]);
-        put(format!("{k}.bias"), vec![e]);
-    }
+    put("ln.weight".into(), vec![e]);
+    put("ln.bias".into(), vec![e]);
     put("linear.weight".into(), vec![pd, e]);
     put("linear.bias".into(), vec![pd]);
     s
@@ -102,7 +101,11 @@ fn position_emb_is_uniform_in_unit_interval() {
 
 /// Random weights (every tensor, LayerNorms included, so no term is trivially 0 or 1) and
 /// inputs, saved for Python; returns the Rust model.
-fn setup(dir: &std::path::Path, m: &ModelConfig, batch: i64) -> (VarStore, Dit, Tensor, Tensor, Tensor, Tensor) {
+fn setup(
+    dir: &std::path::Path,
+    m: &ModelConfig,
+    batch: i64,
+) -> (VarStore, Dit, Tensor, Tensor, Tensor, Tensor) {
     tch::manual_seed(7);
     let vs = VarStore::new(Device::Cpu);
     let dit = Dit::new(&vs.root(), m);
@@ -131,8 +134,17 @@ fn forward_and_gradients(json: &str, batch: i64, attention: Attention) {
     let cfg = write_config(dir.path(), json);
     let (vs, dit, x, y, t, target) = setup(dir.path(), &m, batch);
     let out_path = dir.path().join("py.safetensors");
-    golden(&["forward", "--config", p(&cfg), "--weights", p(&dir.path().join("w.safetensors")),
-        "--inputs", p(&dir.path().join("in.safetensors")), "--out", p(&out_path)]);
+    golden(&[
+        "forward",
+        "--config",
+        p(&cfg),
+        "--weights",
+        p(&dir.path().join("w.safetensors")),
+        "--inputs",
+        p(&dir.path().join("in.safetensors")),
+        "--out",
+        p(&out_path),
+    ]);
     let py = read(&out_path);
 
     let out = dit.forward(&x, &y, &t);
@@ -194,8 +206,13 @@ fn schedule_tables_equal_pytorch_bit_for_bit() {
         golden(&["schedule", "--config", p(&cfg), "--out", p(&out)]);
         let py = read(&out);
         let s = Schedule::new(&Config::load(&cfg).unwrap().diffusion, Device::Cpu);
-        for (name, t) in [("betas", &s.betas), ("alphas", &s.alphas), ("alphas_cumprod", &s.alphas_cumprod),
-            ("alphas_cumprod_prev", &s.alphas_cumprod_prev), ("variance", &s.variance)] {
+        for (name, t) in [
+            ("betas", &s.betas),
+            ("alphas", &s.alphas),
+            ("alphas_cumprod", &s.alphas_cumprod),
+            ("alphas_cumprod_prev", &s.alphas_cumprod_prev),
+            ("variance", &s.variance),
+        ] {
             assert!(t.equal(&py[name]), "{name} differs from PyTorch ({diffusion})");
         }
     }

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "Convert DiT weights between .pth/.pt, .ot and .safetensors (format by extension)")]
+#[command(
+    version,
+    about = "Convert DiT weights between .pth/.pt, .ot and .safetensors (format by extension)"
+)]
 struct Args {
     /// Weight file to read.
     input: PathBuf,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 mod pth;
+pub mod state;
 use tch::{nn::VarStore, Device, Tensor};
 
 /// A weight-file format.
@@ -52,10 +53,13 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
         Format::Ot => Tensor::load_multi_with_device(path, Device::Cpu),
         Format::Safetensors => Tensor::read_safetensors(path),
         Format::Pth => {
-            return pth::read(path).with_context(|| format!("{}: not a readable .pth state_dict", path.display()))
+            return pth::read(path)
+                .with_context(|| format!("{}: not a readable .pth state_dict", path.display()))
         }
     };
-    result.map_err(|e| anyhow::anyhow!("{}: not a readable {format:?} weight file ({})", path.display(), first_line(e)))
+    result.map_err(|e| {
+        anyhow::anyhow!("{}: not a readable {format:?} weight file ({})", path.display(), first_line(e))
+    })
 }
 
 /// Runs `write` on a temporary path beside `path`, fsyncs the result and renames it over
@@ -91,7 +95,9 @@ pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     write_atomic(path, |tmp| {
         match format {
             Format::Ot => Tensor::save_multi(&cpu, tmp).map_err(|e| anyhow::anyhow!(first_line(e)))?,
-            Format::Safetensors => Tensor::write_safetensors(&cpu, tmp).map_err(|e| anyhow::anyhow!(first_line(e)))?,
+            Format::Safetensors => {
+                Tensor::write_safetensors(&cpu, tmp).map_err(|e| anyhow::anyhow!(first_line(e)))?
+            }
             Format::Pth => pth::write(tmp, &cpu)?,
         }
         Ok(())
@@ -107,7 +113,11 @@ pub fn named_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 /// Compares a file's tensors with the model's variables; on any difference, an error that
 /// lists the missing, unexpected and mis-shaped keys.
-pub fn check_keys(path: &Path, expected: &BTreeMap<String, Vec<i64>>, found: &[(String, Tensor)]) -> Result<()> {
+pub fn check_keys(
+    path: &Path,
+    expected: &BTreeMap<String, Vec<i64>>,
+    found: &[(String, Tensor)],
+) -> Result<()> {
     let found: BTreeMap<&str, Vec<i64>> = found.iter().map(|(n, t)| (n.as_str(), t.size())).collect();
     let missing: Vec<&str> = expected.keys().map(String::as_str).filter(|k| !found.contains_key(k)).collect();
     let unexpected: Vec<&str> = found.keys().copied().filter(|k| !expected.contains_key(*k)).collect();
@@ -122,7 +132,11 @@ pub fn check_keys(path: &Path, expected: &BTreeMap<String, Vec<i64>>, found: &[(
         return Ok(());
     }
     let mut parts = vec![];
-    for (what, list) in [("missing", missing.iter().map(|s| s.to_string()).collect::<Vec<_>>()), ("unexpected", unexpected.iter().map(|s| s.to_string()).collect()), ("mis-shaped", misshaped)] {
+    for (what, list) in [
+        ("missing", missing.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        ("unexpected", unexpected.iter().map(|s| s.to_string()).collect()),
+        ("mis-shaped", misshaped),
+    ] {
         if !list.is_empty() {
             parts.push(format!("{} {what}: {}", list.len(), list.join(", ")));
         }
@@ -136,13 +150,7 @@ pub fn load_weights(vs: &mut VarStore, path: &Path) -> Result<()> {
     let expected: BTreeMap<String, Vec<i64>> =
         vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
     check_keys(path, &expected, &found)?;
-    let variables = vs.variables();
-    tch::no_grad(|| {
-        for (name, tensor) in &found {
-            let mut var = variables[name].shallow_clone();
-            var.copy_(tensor);
-        }
-    });
+    copy_into(vs, found.iter().map(|(n, t)| (n, t)));
     Ok(())
 }
 
@@ -165,4 +173,72 @@ pub fn convert(input: &Path, output: &Path, cfg: &crate::config::ModelConfig) ->
     check_keys(input, &expected_shapes(cfg), &tensors)?;
     write_tensors(output, &tensors)?;
     Ok(tensors.len())
+}
+
+/// Copies named tensors into the VarStore's variables of the same names (checked beforehand).
+pub fn copy_into<'a>(vs: &VarStore, tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) {
+    let variables = vs.variables();
+    tch::no_grad(|| {
+        for (name, tensor) in tensors {
+            variables[name].shallow_clone().copy_(tensor);
+        }
+    });
+}
+
+/// A model ready for sampling, and where its weights came from.
+pub struct Loaded {
+    pub config: crate::Config,
+    pub vs: VarStore,
+    pub model: crate::Dit,
+    /// Class names in label order (empty when the checkpoint does not record them).
+    pub classes: Vec<String>,
+    /// One line for the user, e.g. "EMA weights of step 4000 from checkpoints/x.ot.state.safetensors".
+    pub description: String,
+}
+
+/// Loads a model for inference from a weight file (`.ot`, `.safetensors`, `.pth`) or a
+/// training-state file. When a training state sits beside the weight file (or is named), its
+/// config is used and, with `ema`, its EMA weights; otherwise the config comes from `config`
+/// (or `./config.json`, or the original's defaults).
+pub fn load_for_inference(path: &Path, config: Option<&Path>, ema: bool, device: Device) -> Result<Loaded> {
+    let is_state = path.to_string_lossy().ends_with(".state.safetensors");
+    let state_file = if is_state { Some(path.to_path_buf()) } else { Some(state::state_path(path)).filter(|p| p.is_file()) };
+    if !path.is_file() {
+        bail!("{}: no such checkpoint", path.display());
+    }
+    let Some(state_file) = state_file else {
+        let config = crate::Config::resolve(config)?;
+        let mut vs = VarStore::new(device);
+        let model = crate::Dit::new(&vs.root(), &config.model);
+        load_weights(&mut vs, path)?;
+        let description = format!("weights from {}", path.display());
+        return Ok(Loaded { config, vs, model, classes: vec![], description });
+    };
+    let st = state::load(&state_file)?;
+    let config = match config {
+        Some(c) => crate::Config::load(c)?,
+        None => st.meta.config.clone(),
+    };
+    let vs = VarStore::new(device);
+    let model = crate::Dit::new(&vs.root(), &config.model);
+    let expected: BTreeMap<String, Vec<i64>> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+    state::check_against(&state_file, &st, &expected)?;
+    let step = st.meta.step;
+    let description = match (ema, st.group("ema")) {
+        (true, Some(weights)) => {
+            copy_into(&vs, weights);
+            format!("EMA weights of step {step} from {}", state_file.display())
+        }
+        _ if is_state => {
+            copy_into(&vs, st.group("model").expect("checked by state::load"));
+            format!("raw weights of step {step} from {}", state_file.display())
+        }
+        _ => {
+            let found = read_tensors(path)?;
+            check_keys(path, &expected, &found)?;
+            copy_into(&vs, found.iter().map(|(n, t)| (n, t)));
+            format!("weights from {} (config from {})", path.display(), state_file.display())
+        }
+    };
+    Ok(Loaded { config, vs, model, classes: st.meta.classes.clone(), description })
 }

@@ -45,7 +45,9 @@ impl Value {
             Value::Str(s) => Value::Str(s.clone()),
             Value::Tuple(v) => Value::Tuple(v.iter().map(Value::shallow_clone).collect()),
             Value::List(v) => Value::List(v.iter().map(Value::shallow_clone).collect()),
-            Value::Dict(v) => Value::Dict(v.iter().map(|(k, v)| (k.shallow_clone(), v.shallow_clone())).collect()),
+            Value::Dict(v) => {
+                Value::Dict(v.iter().map(|(k, v)| (k.shallow_clone(), v.shallow_clone())).collect())
+            }
             Value::Global(g) => Value::Global(g.clone()),
             Value::Storage(k, s) => Value::Storage(*k, s.clone()),
             Value::Tensor(t) => Value::Tensor(t.shallow_clone()),
@@ -183,9 +185,10 @@ impl Machine<'_> {
                     bail!("{name}: first argument is not a storage")
                 };
                 let storage = self.storage(kind, &key)?;
-                let needed = offset + size.iter().zip(&stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>() + 1;
+                let needed =
+                    offset + size.iter().zip(&stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>() + 1;
                 ensure!(
-                    size.iter().any(|&s| s == 0) || needed <= storage.numel() as i64,
+                    size.contains(&0) || needed <= storage.numel() as i64,
                     "tensor reaches past the end of storage {key}"
                 );
                 Ok(Value::Tensor(storage.as_strided(&size, &stride, offset).contiguous()))
@@ -315,7 +318,8 @@ impl Machine<'_> {
                 }
                 b'h' | b'j' => {
                     let id = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
-                    let v = self.memo.get(&id).context("pickle refers to an unknown memo entry")?.shallow_clone();
+                    let v =
+                        self.memo.get(&id).context("pickle refers to an unknown memo entry")?.shallow_clone();
                     self.stack.push(v)
                 }
                 b'Q' => {
@@ -352,8 +356,14 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
         ensure!(order == b"little", "big-endian archives are not supported");
     }
     let pickle = archive.read("data.pkl")?;
-    let mut machine =
-        Machine { data: &pickle, pos: 0, stack: vec![], memo: HashMap::new(), archive: &mut archive, storages: HashMap::new() };
+    let mut machine = Machine {
+        data: &pickle,
+        pos: 0,
+        stack: vec![],
+        memo: HashMap::new(),
+        archive: &mut archive,
+        storages: HashMap::new(),
+    };
     let Value::Dict(entries) = machine.run()? else { bail!("the file holds no dict (not a state_dict)") };
     entries
         .into_iter()
@@ -379,13 +389,21 @@ extern "C" {
 /// Writes a str → tensor dict that `torch.load(path)` reads with its defaults.
 pub fn write(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     let cpath = CString::new(path.to_string_lossy().as_bytes())?;
-    let names: Vec<CString> = named.iter().map(|(n, _)| CString::new(n.as_str())).collect::<Result<_, _>>()?;
+    let names: Vec<CString> =
+        named.iter().map(|(n, _)| CString::new(n.as_str())).collect::<Result<_, _>>()?;
     let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
     let tensor_ptrs: Vec<*const torch_sys::C_tensor> = named.iter().map(|(_, t)| t.as_ptr()).collect();
     let mut err = vec![0 as c_char; 1024];
     // SAFETY: every pointer lives until the call returns; the shim copies what it keeps.
     let rc = unsafe {
-        dit_write_pth(cpath.as_ptr(), name_ptrs.as_ptr(), tensor_ptrs.as_ptr(), named.len(), err.as_mut_ptr(), err.len())
+        dit_write_pth(
+            cpath.as_ptr(),
+            name_ptrs.as_ptr(),
+            tensor_ptrs.as_ptr(),
+            named.len(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
     };
     if rc != 0 {
         // SAFETY: the shim always NUL-terminates within err's length.

@@ -70,8 +70,8 @@ impl Dit {
             x = block.forward(&x, &cond); // (B, L, E)
         }
         let x = self.linear.forward(&self.ln.forward(&x)); // (B, L, C·p²)
-        // Unpatchify as the original writes it: channel fastest within a patch, then
-        // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.
+                                                           // Unpatchify as the original writes it: channel fastest within a patch, then
+                                                           // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.
         x.view([b, pp, pp, p, p, c])
             .permute([0, 5, 1, 3, 2, 4]) // (B, C, P, p, P, p)
             .reshape([b, c, pp * p, pp * p]) // (B, C, I, I)

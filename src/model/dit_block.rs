@@ -28,8 +28,9 @@ impl DiTBlock {
         let e = cfg.emb_size;
         let he = cfg.head * e;
         let linear = |name: &str, i: i64, o: i64| nn::linear(&vs / name, i, o, Default::default());
-        let modulation = ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"]
-            .map(|name| linear(name, e, e));
+        let modulation =
+            ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"]
+                .map(|name| linear(name, e, e));
         let ff = &vs / "feed_forward";
         Self {
             modulation,
@@ -66,8 +67,8 @@ impl DiTBlock {
             .view([b, l, 3, h, self.emb_size])
             .permute([2, 0, 3, 1, 4]); // (3, B, H, L, E)
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2)); // (B, H, L, E) each
-        // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
-        // the heads forward, which is the token count. Weight exchange depends on keeping it.
+                                                              // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
+                                                              // the heads forward, which is the token count. Weight exchange depends on keeping it.
         let o = match self.attention {
             Attention::Fused => Tensor::scaled_dot_product_attention(
                 &q,

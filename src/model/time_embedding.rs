@@ -29,9 +29,8 @@ impl TimeEmbedding {
     pub fn features(t: &Tensor) -> Tensor {
         let half = TIME_FEATURES / 2;
         // f_i = exp(i · (−ln 10000 / half)), computed in float32 the way the original does.
-        let freqs = (Tensor::arange(half, (Kind::Float, t.device()))
-            * (-MAX_FREQ_PERIOD.ln() / half as f64))
-            .exp(); // (half)
+        let freqs =
+            (Tensor::arange(half, (Kind::Float, t.device())) * (-MAX_FREQ_PERIOD.ln() / half as f64)).exp(); // (half)
         let angles = t.to_kind(Kind::Float).unsqueeze(-1) * freqs.unsqueeze(0); // (B, half)
         Tensor::cat(&[angles.cos(), angles.sin()], -1) // (B, 256), cosine first
     }

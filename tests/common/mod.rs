@@ -21,11 +21,7 @@ pub fn golden(args: &[&str]) -> String {
         .env("OMP_NUM_THREADS", "2")
         .output()
         .expect("cannot start the Python reference");
-    assert!(
-        out.status.success(),
-        "golden.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "golden.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -1,0 +1,116 @@
+//! The full training state beside a weight file: `<weights>.state.safetensors` holds the raw
+//! weights, the EMA weights and Adam's two moments (float32 tensors named `model.<key>`,
+//! `ema.<key>`, `adam_m.<key>`, `adam_v.<key>`), and in its metadata the counters, the seed,
+//! the class names and the resolved config. One file, written atomically, so a crash can
+//! never leave the weights of one step beside the optimizer of another.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::write_atomic;
+use crate::config::Config;
+
+/// Version of the state layout, stored in the file so future changes can read old files.
+const STATE_VERSION: u32 = 1;
+
+/// Everything besides tensors that a restart needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainMeta {
+    /// Optimisation steps done so far (over all runs).
+    pub step: i64,
+    /// The epoch the next step belongs to (0-based).
+    pub epoch: i64,
+    /// Batches of that epoch already done.
+    pub batch_in_epoch: i64,
+    /// The seed every random draw of the run derives from.
+    pub seed: u64,
+    /// Class names, label order.
+    pub classes: Vec<String>,
+    /// The configuration the run was started with, flags applied.
+    pub config: Config,
+}
+
+/// The state file that belongs to a weight file.
+pub fn state_path(weights: &Path) -> PathBuf {
+    let mut name = weights.as_os_str().to_owned();
+    name.push(".state.safetensors");
+    PathBuf::from(name)
+}
+
+/// Named groups of tensors in a state file.
+pub const GROUPS: [&str; 4] = ["model", "ema", "adam_m", "adam_v"];
+
+/// A loaded state file: the metadata and each group as name → tensor (on the CPU).
+pub struct TrainState {
+    pub meta: TrainMeta,
+    pub groups: HashMap<String, BTreeMap<String, Tensor>>,
+}
+
+impl TrainState {
+    pub fn group(&self, name: &str) -> Option<&BTreeMap<String, Tensor>> {
+        self.groups.get(name).filter(|g| !g.is_empty())
+    }
+}
+
+/// Writes the state atomically. `groups` maps a group name to its named tensors.
+pub fn save(path: &Path, meta: &TrainMeta, groups: &[(&str, &[(String, Tensor)])]) -> Result<()> {
+    let mut owned: Vec<(String, Vec<i64>, Vec<u8>)> = vec![];
+    for (group, tensors) in groups {
+        for (name, t) in tensors.iter() {
+            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            let mut bytes = vec![0u8; t.numel() * 4];
+            t.copy_data_u8(&mut bytes, t.numel());
+            owned.push((format!("{group}.{name}"), t.size(), bytes));
+        }
+    }
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, shape, bytes)| {
+            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            Ok((n.clone(), TensorView::new(Dtype::F32, shape, bytes)?))
+        })
+        .collect::<Result<_>>()?;
+    let metadata = HashMap::from([
+        ("dit_state_version".to_string(), STATE_VERSION.to_string()),
+        ("meta".to_string(), serde_json::to_string(meta)?),
+    ]);
+    write_atomic(path, |tmp| Ok(safetensors::serialize_to_file(views, &Some(metadata), tmp)?))
+}
+
+/// Reads a state file, checking its layout (not yet its shapes: see [`check_against`]).
+pub fn load(path: &Path) -> Result<TrainState> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read training state {}", path.display()))?;
+    let context = || format!("{}: not a valid training-state file", path.display());
+    let (_, header) = SafeTensors::read_metadata(&bytes).with_context(context)?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let version = metadata.get("dit_state_version").with_context(context)?;
+    ensure!(version == &STATE_VERSION.to_string(), "{}: state version {version} is not supported", path.display());
+    let meta: TrainMeta = serde_json::from_str(metadata.get("meta").with_context(context)?).with_context(context)?;
+    meta.config.validate().with_context(context)?;
+    let st = SafeTensors::deserialize(&bytes).with_context(context)?;
+    let mut groups: HashMap<String, BTreeMap<String, Tensor>> = HashMap::new();
+    for (name, view) in st.tensors() {
+        ensure!(view.dtype() == Dtype::F32, "{}: tensor {name} is not float32", path.display());
+        let Some((group, key)) = name.split_once('.') else { bail!("{}: unexpected tensor {name}", path.display()) };
+        ensure!(GROUPS.contains(&group), "{}: unexpected tensor {name}", path.display());
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::from_data_size(view.data(), &shape, Kind::Float);
+        groups.entry(group.to_string()).or_default().insert(key.to_string(), t);
+    }
+    ensure!(groups.contains_key("model"), "{}: holds no model weights", path.display());
+    Ok(TrainState { meta, groups })
+}
+
+/// Checks every group of the state against the model's names and shapes.
+pub fn check_against(path: &Path, state: &TrainState, expected: &BTreeMap<String, Vec<i64>>) -> Result<()> {
+    for (group, tensors) in &state.groups {
+        let found: Vec<(String, Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+        super::check_keys(path, expected, &found).with_context(|| format!("group {group}"))?;
+    }
+    Ok(())
+}
