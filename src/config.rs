@@ -148,6 +148,67 @@ pub struct TrainConfig {
     pub model_save_path: String,
     /// TensorBoard log folder.
     pub logdir: String,
+    /// Seed of every random draw (data order, steps t, noise); null picks one and records it.
+    pub seed: Option<u64>,
+    /// Clip the gradients' global L2 norm to this value; 0 turns clipping off.
+    pub grad_clip: f64,
+    /// Decay of the exponential moving average of the weights used for previews (0 = off).
+    pub ema_decay: f64,
+    /// Learning-rate schedule: `constant` (the original's) or `cosine` (decays to `min_lr`).
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from 0 to `lr` (both schedules).
+    pub warmup_steps: i64,
+    /// Final learning rate of the cosine schedule.
+    pub min_lr: f64,
+    /// Log the `noise_prediction` and `target_noise` histograms every this many steps.
+    pub histogram_every: i64,
+    /// Keep decoded images in memory (as u8) so later epochs decode nothing.
+    pub cache_images: bool,
+    /// The sample drawn and logged after epochs.
+    pub preview: PreviewConfig,
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr` throughout, after the warm-up (the original has no schedule).
+    #[default]
+    Constant,
+    /// Half a cosine from `lr` down to `min_lr` over the run, after the warm-up.
+    Cosine,
+}
+
+/// Samplers, for previews and the `sample` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// The original's ancestral sampler over all `max_t` steps.
+    Ddpm,
+    /// DDIM over a respaced schedule: far fewer steps, same model.
+    #[default]
+    Ddim,
+}
+
+/// The preview sample after epochs. The original draws a full 1000-step DDPM sample after
+/// every epoch (tens of minutes on a CPU at 256²); `{"sampler": "ddpm", "steps": 1000}` keeps that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreviewConfig {
+    /// `ddim` (default) or `ddpm`.
+    pub sampler: SamplerKind,
+    /// Denoising steps (`ddpm` needs `max_t`).
+    pub steps: i64,
+    /// Draw a preview every this many epochs; 0 turns previews off.
+    pub every_epochs: i64,
+    /// Images in the saved preview grid (the TensorBoard grid shows the first one's states).
+    pub num: i64,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        Self { sampler: SamplerKind::Ddim, steps: 50, every_epochs: 1, num: 16 }
+    }
 }
 
 impl Default for TrainConfig {
@@ -160,6 +221,15 @@ impl Default for TrainConfig {
             data_path: "data/Pandas".into(),
             model_save_path: "checkpoints/dit_train.ot".into(),
             logdir: "dit_training".into(),
+            seed: None,
+            grad_clip: 1.0,
+            ema_decay: 0.999,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+            min_lr: 0.0,
+            histogram_every: 100,
+            cache_images: true,
+            preview: PreviewConfig::default(),
         }
     }
 }
@@ -177,6 +247,31 @@ impl TrainConfig {
         ensure!(!self.data_path.is_empty(), "train.data_path must not be empty");
         ensure!(!self.model_save_path.is_empty(), "train.model_save_path must not be empty");
         ensure!(!self.logdir.is_empty(), "train.logdir must not be empty");
+        ensure!(
+            self.grad_clip >= 0.0 && self.grad_clip.is_finite(),
+            "train.grad_clip must be 0 (off) or positive, got {}",
+            self.grad_clip
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.ema_decay),
+            "train.ema_decay must lie in [0, 1), got {}",
+            self.ema_decay
+        );
+        ensure!(self.warmup_steps >= 0, "train.warmup_steps must not be negative, got {}", self.warmup_steps);
+        ensure!(
+            self.min_lr >= 0.0 && self.min_lr <= self.lr,
+            "train.min_lr must lie in [0, train.lr], got {}",
+            self.min_lr
+        );
+        ensure!(
+            self.histogram_every > 0,
+            "train.histogram_every must be a positive integer, got {}",
+            self.histogram_every
+        );
+        let p = &self.preview;
+        ensure!(p.steps > 0, "train.preview.steps must be a positive integer, got {}", p.steps);
+        ensure!(p.every_epochs >= 0, "train.preview.every_epochs must be 0 (off) or positive, got {}", p.every_epochs);
+        ensure!(p.num > 0, "train.preview.num must be a positive integer, got {}", p.num);
         Ok(())
     }
 }
@@ -223,7 +318,20 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.diffusion.validate()?;
-        self.train.validate()
+        self.train.validate()?;
+        let p = &self.train.preview;
+        ensure!(
+            p.steps <= self.diffusion.max_t,
+            "train.preview.steps ({}) must not exceed diffusion.max_t ({})",
+            p.steps,
+            self.diffusion.max_t
+        );
+        ensure!(
+            p.sampler != SamplerKind::Ddpm || p.steps == self.diffusion.max_t,
+            "train.preview.steps must equal diffusion.max_t ({}) for the ddpm sampler; use ddim for fewer",
+            self.diffusion.max_t
+        );
+        Ok(())
     }
 
     pub fn to_json(&self) -> String {

@@ -61,6 +61,60 @@ impl Schedule {
     }
 }
 
+/// DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models") over the same trained model
+/// and the same tables: a sub-sequence of the training steps, walked with the generalised
+/// update of eq. 12, σ from eq. 16.
+impl Schedule {
+    /// `steps` training steps for DDIM, descending, evenly spaced over [0, T − 1]:
+    /// t_i = round(i·(T − 1)/(steps − 1)) for i = steps − 1 … 0 (halves round up). Both ends
+    /// are always included, and the steps are distinct because their spacing is ≥ 1 when
+    /// steps ≤ T. One step means t = T − 1 alone. With steps = T this is T − 1, …, 0, the
+    /// DDPM sequence. Panics unless 1 ≤ steps ≤ T (callers validate user input first).
+    pub fn ddim_timesteps(&self, steps: i64) -> Vec<i64> {
+        assert!((1..=self.max_t).contains(&steps), "ddim_timesteps: steps {steps} not in 1..={}", self.max_t);
+        if steps == 1 {
+            return vec![self.max_t - 1];
+        }
+        let (span, div) = (self.max_t - 1, steps - 1);
+        (0..steps).rev().map(|i| (2 * i * span + div) / (2 * div)).collect()
+    }
+
+    /// One DDIM step from training step `t` to `t_prev` (`None`: past step 0, where ᾱ = 1, so
+    /// the result is the predicted x0). ε̂ is the model's noise prediction at (x, t).
+    ///
+    /// 1. x̂0 = (x_t − sqrt(1 − ᾱ_t)·ε̂) / sqrt(ᾱ_t) (eq. 12, "predicted x0"), clamped to
+    ///    [−1, 1]: the original's samples live there (it clamps x every step).
+    /// 2. σ_t = η · sqrt((1 − ᾱ_prev)/(1 − ᾱ_t)) · sqrt(1 − ᾱ_t/ᾱ_prev) (eq. 16); η = 0 is
+    ///    deterministic DDIM, η = 1 with every step taken is DDPM's posterior σ (eq. 7).
+    /// 3. x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 − ᾱ_prev − σ_t²)·ε̂ + σ_t·z (eq. 12), z drawn with
+    ///    `randn_like` only when σ_t can be non-zero (η > 0 and a step remains). ε̂ is used
+    ///    as predicted, not re-derived from the clamped x̂0 (as diffusers' DDIMScheduler
+    ///    does); 1 − ᾱ_prev − σ² is floored at 0 so that η > 1 cannot produce NaNs.
+    ///
+    /// Intermediate x is not clamped: a noisy x_t legitimately leaves [−1, 1].
+    pub fn ddim_step(&self, x: &Tensor, eps: &Tensor, t: i64, t_prev: Option<i64>, eta: f64) -> Tensor {
+        let alpha_bar = self.alphas_cumprod.get(t);
+        let alpha_bar_prev = match t_prev {
+            Some(s) => self.alphas_cumprod.get(s),
+            None => Tensor::ones([], (Kind::Float, self.alphas_cumprod.device())),
+        };
+        // 1. predicted x0 (eq. 12, first bracket)
+        let x0 = ((x - one_minus(&alpha_bar).sqrt() * eps) / alpha_bar.sqrt()).clamp(-1.0, 1.0);
+        // 2. σ_t (eq. 16)
+        let sigma = (one_minus(&alpha_bar_prev) / one_minus(&alpha_bar)).sqrt()
+            * one_minus(&(&alpha_bar / &alpha_bar_prev)).sqrt()
+            * eta;
+        // 3. x_prev (eq. 12): the x0 term, the direction pointing to x_t, the random noise
+        let direction = (one_minus(&alpha_bar_prev) - sigma.square()).clamp_min(0.0).sqrt() * eps;
+        let x_prev = alpha_bar_prev.sqrt() * x0 + direction;
+        if eta > 0.0 && t_prev.is_some() {
+            &x_prev + x_prev.randn_like() * sigma
+        } else {
+            x_prev
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

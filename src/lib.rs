@@ -4,8 +4,13 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod diffusion;
 pub mod model;
+pub mod optim;
+pub mod sampling;
+pub mod tensorboard;
+pub mod train;
 
 pub use config::Config;
 pub use model::Dit;

@@ -1,1 +1,262 @@
-fn main() {}
+//! Generates images with a trained DiT, with the original's DDPM loop (the same images as the
+//! original for the same seed) or with DDIM in fewer steps.
+//!
+//! Seed contract: after `tch::manual_seed(seed)` the noise of all `--num` images is one
+//! `Tensor::randn([num, C, I, I])` on the CPU, moved to the device afterwards, so `--num N`
+//! draws what the original's `torch.randn(N, C, I, I)` draws. Exact parity with the original
+//! (CPU, ddpm) holds when `--batch-size` equals `--num` (the default): smaller batches keep
+//! the same initial noise but draw the per-step noise batch after batch.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, ValueEnum};
+use dit::checkpoint::Loaded;
+use dit::cli::DeviceArg;
+use dit::diffusion::Schedule;
+use dit::sampling::{self, Normalize, SampleOptions, Sampler};
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{Device, Kind, Tensor};
+
+/// Columns of the `--progress` grid.
+const PROGRESS_COLUMNS: i64 = 16;
+
+#[derive(Parser)]
+#[command(version, about = "Generate images with a trained DiT (DDPM as the original, or DDIM)")]
+struct Args {
+    /// Weight file (.ot, .safetensors, .pth) or training state (.state.safetensors); a
+    /// training state's EMA weights are used when it has them.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Use the raw weights even when the training state holds EMA weights.
+    #[arg(long)]
+    no_ema: bool,
+    /// Model and diffusion configuration [default: the training state's, else ./config.json,
+    /// else the original's]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// ddpm: the original's sampler, all max_t steps; ddim: deterministic (eta 0) in fewer steps.
+    #[arg(long, value_enum, default_value_t = SamplerArg::Ddpm)]
+    sampler: SamplerArg,
+    /// Denoising steps [default: max_t for ddpm, 50 for ddim]
+    #[arg(long, allow_negative_numbers = true)]
+    steps: Option<i64>,
+    /// DDIM's eta: 0 is deterministic, 1 adds DDPM-like noise [default: 0]
+    #[arg(long, allow_negative_numbers = true)]
+    eta: Option<f64>,
+    /// Seed of the random numbers (noise drawn as the original draws it).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of images.
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
+    num: i64,
+    /// Class label of every image: a number, or a class name the checkpoint records.
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    label: String,
+    /// Images per forward pass [default: --num, which the seed parity with the original needs]
+    #[arg(long, allow_negative_numbers = true)]
+    batch_size: Option<i64>,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// PNG grid of all images [default: samples.png unless --out-dir or --tensor-out is given]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder for one PNG per image (0000.png, 0001.png, …).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// PNG of the denoising: one row per image, 16 states from the noise to the result.
+    #[arg(long)]
+    progress: Option<PathBuf>,
+    /// The final images as float32 in [-1, 1], (N, C, I, I), under the key "images".
+    #[arg(long, value_name = "FILE.safetensors")]
+    tensor_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SamplerArg {
+    /// The original's ancestral sampler (DDPM), all max_t steps.
+    Ddpm,
+    /// DDIM over evenly spaced steps of the same model.
+    Ddim,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    dit::cli::run(|| run(&args))
+}
+
+fn run(args: &Args) -> Result<()> {
+    ensure!(args.num >= 1, "--num must be at least 1, got {}", args.num);
+    let batch_size = args.batch_size.unwrap_or(args.num);
+    ensure!(batch_size >= 1, "--batch-size must be at least 1, got {batch_size}");
+    let sampler = match (args.sampler, args.eta) {
+        (SamplerArg::Ddpm, Some(_)) => bail!("--eta applies to --sampler ddim only"),
+        (SamplerArg::Ddpm, None) => Sampler::Ddpm,
+        (SamplerArg::Ddim, eta) => {
+            let eta = eta.unwrap_or(0.0);
+            ensure!(eta >= 0.0 && eta.is_finite(), "--eta must be a number ≥ 0, got {eta}");
+            Sampler::Ddim { eta }
+        }
+    };
+    if let Some(path) = &args.tensor_out {
+        ensure!(
+            path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")),
+            "--tensor-out {}: the name must end in .safetensors",
+            path.display()
+        );
+    }
+    let device = args.device.resolve()?;
+
+    let loaded =
+        dit::checkpoint::load_for_inference(&args.checkpoint, args.config.as_deref(), !args.no_ema, device)?;
+    let (label, label_text) = resolve_label(&args.label, &loaded)?;
+    let max_t = loaded.config.diffusion.max_t;
+    let steps = args.steps.unwrap_or(sampler.default_steps(max_t));
+    let sampler_name = args.sampler.to_possible_value().expect("no skipped variants").get_name().to_string();
+    sampler.check(steps, max_t).with_context(|| format!("--sampler {sampler_name} --steps {steps}"))?;
+    println!("weights: {}", loaded.description);
+
+    let schedule = Schedule::new(&loaded.config.diffusion, device);
+    let m = &loaded.config.model;
+    let keep = if args.progress.is_some() {
+        sampling::evenly_spaced_states(steps, PROGRESS_COLUMNS)
+    } else {
+        vec![]
+    };
+    let opts = SampleOptions { sampler, steps, keep };
+
+    tch::manual_seed(args.seed as i64);
+    let noise = Tensor::randn([args.num, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
+    let chunks = (args.num + batch_size - 1) / batch_size;
+    let mut bar = Progress::new(steps as u64 * chunks as u64);
+    let mut images = vec![];
+    let mut kept: Vec<Vec<Tensor>> = vec![];
+    for chunk in 0..chunks {
+        let start = chunk * batch_size;
+        let len = batch_size.min(args.num - start);
+        let x = noise.narrow(0, start, len).to_device(device);
+        let labels = Tensor::full([len], label, (Kind::Int64, device));
+        let offset = chunk as u64 * steps as u64;
+        let (out, states) = sampling::sample(&loaded.model, &schedule, &opts, x, &labels, &mut |done, _| {
+            bar.set(offset + done as u64)
+        })?;
+        images.push(out.to_device(Device::Cpu));
+        kept.push(states.iter().map(|s| s.to_device(Device::Cpu)).collect());
+    }
+    bar.finish();
+    let images = Tensor::cat(&images, 0); // (N, C, I, I)
+    println!(
+        "sampled {} image(s) of label {label_text} with {sampler_name} ({steps} steps{}), seed {}, on {device:?}",
+        args.num,
+        match sampler {
+            Sampler::Ddim { eta } => format!(", eta {eta}"),
+            Sampler::Ddpm => String::new(),
+        },
+        args.seed
+    );
+
+    write_outputs(args, &images, &kept)
+}
+
+/// A label number, or a class name looked up in the checkpoint's classes; with its display text.
+fn resolve_label(arg: &str, loaded: &Loaded) -> Result<(i64, String)> {
+    let label_num = loaded.config.model.label_num;
+    let label = match arg.parse::<i64>() {
+        Ok(n) => n,
+        Err(_) => match loaded.classes.iter().position(|c| c == arg) {
+            Some(i) => i as i64,
+            None if loaded.classes.is_empty() => bail!(
+                "--label {arg:?}: not a number, and the checkpoint records no class names; give a label in 0..{label_num}"
+            ),
+            None => bail!("--label {arg:?}: no such class; the checkpoint's classes are {}", loaded.classes.join(", ")),
+        },
+    };
+    ensure!(
+        (0..label_num).contains(&label),
+        "--label {label}: out of range, the model has {label_num} label(s) (0..={})",
+        label_num - 1
+    );
+    let text = match loaded.classes.get(label as usize) {
+        Some(name) => format!("{label} ({name})"),
+        None => label.to_string(),
+    };
+    Ok((label, text))
+}
+
+fn write_outputs(args: &Args, images: &Tensor, kept: &[Vec<Tensor>]) -> Result<()> {
+    let num = images.size()[0];
+    let default_out =
+        (args.out_dir.is_none() && args.tensor_out.is_none()).then(|| PathBuf::from("samples.png"));
+    if let Some(path) = args.out.clone().or(default_out) {
+        let nrow = (num as f64).sqrt().ceil() as i64;
+        sampling::save_png(&sampling::to_image_grid(images, nrow, Normalize::Fixed), &path)?;
+        println!("wrote {} (grid of {num})", path.display());
+    }
+    if let Some(dir) = &args.out_dir {
+        for i in 0..num {
+            sampling::save_png(&sampling::to_image(&images.get(i)), &dir.join(format!("{i:04}.png")))?;
+        }
+        println!("wrote {num} PNG file(s) to {}", dir.display());
+    }
+    if let Some(path) = &args.progress {
+        write_progress(path, kept)?;
+        println!("wrote {} (denoising progress)", path.display());
+    }
+    if let Some(path) = &args.tensor_out {
+        dit::checkpoint::write_tensors(path, &[("images".to_string(), images.to_kind(Kind::Float))])?;
+        println!("wrote {} (\"images\", float32 in [-1, 1])", path.display());
+    }
+    Ok(())
+}
+
+/// One row per image, one column per kept state. `kept[chunk][state]` is (b, C, I, I).
+fn write_progress(path: &Path, kept: &[Vec<Tensor>]) -> Result<()> {
+    let columns = kept[0].len() as i64;
+    let states: Vec<Tensor> =
+        (0..kept[0].len()).map(|s| Tensor::cat(&kept.iter().map(|c| &c[s]).collect::<Vec<_>>(), 0)).collect();
+    let grid = Tensor::stack(&states, 1); // (N, S, C, I, I)
+    let size = grid.size();
+    let tiles = grid.reshape([size[0] * size[1], size[2], size[3], size[4]]); // (N·S, C, I, I), row-major
+    sampling::save_png(&sampling::to_image_grid(&tiles, columns, Normalize::Fixed), path)
+}
+
+/// A bar on a terminal; plain lines every tenth of the work otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    next_line: u64,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            let style =
+                ProgressStyle::with_template("sampling {bar:40} {pos}/{len} steps [{elapsed} < {eta}]")
+                    .expect("a valid template");
+            bar.set_style(style);
+            bar
+        });
+        Self { bar, total, next_line: 0 }
+    }
+
+    fn set(&mut self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None if done >= self.next_line || done == self.total => {
+                eprintln!("sampling: {done}/{} steps", self.total);
+                self.next_line = done + (self.total / 10).max(1);
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -77,3 +77,42 @@ impl Dit {
             .reshape([b, c, pp * p, pp * p]) // (B, C, I, I)
     }
 }
+
+/// The model as PyTorch prints it (`print(model)` in the original's train.py).
+impl std::fmt::Display for Dit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.cfg;
+        let (e, p, pd, he) = (c.emb_size, c.patch_size, c.channel * c.patch_size.pow(2), c.head * c.emb_size);
+        let lin = |i: i64, o: i64| format!("Linear(in_features={i}, out_features={o}, bias=True)");
+        let ln = format!("LayerNorm(({e},), eps=1e-05, elementwise_affine=True)");
+        writeln!(f, "DIT(")?;
+        writeln!(f, "  (conv): Conv2d({}, {pd}, kernel_size=({p}, {p}), stride=({p}, {p}))", c.channel)?;
+        writeln!(f, "  (patch_emb): {}", lin(pd, e))?;
+        writeln!(f, "  (time_emb): Sequential(")?;
+        writeln!(f, "    (0): TimeEmbedding(")?;
+        writeln!(f, "      (mlp): Sequential(")?;
+        writeln!(f, "        (0): {}", lin(super::time_embedding::TIME_FEATURES, e))?;
+        writeln!(f, "        (1): ReLU()")?;
+        writeln!(f, "        (2): {}", lin(e, e))?;
+        writeln!(f, "      )\n    )")?;
+        writeln!(f, "    (1): {}\n    (2): ReLU()\n    (3): {}\n  )", lin(e, e), lin(e, e))?;
+        writeln!(f, "  (label_emb): Embedding({}, {e})", c.label_num)?;
+        writeln!(f, "  (model_list): ModuleList(")?;
+        writeln!(f, "    (0-{}): {} x DiTBlock(", c.dit_num - 1, c.dit_num)?;
+        for m in ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"] {
+            writeln!(f, "      ({m}): {}", lin(e, e))?;
+        }
+        writeln!(f, "      (ln_1): {ln}")?;
+        for m in ["q_emb", "k_emb", "v_emb"] {
+            writeln!(f, "      ({m}): {}", lin(e, he))?;
+        }
+        writeln!(f, "      (linear_back): {}", lin(he, e))?;
+        writeln!(f, "      (ln_2): {ln}")?;
+        writeln!(f, "      (feed_forward): Sequential(")?;
+        writeln!(f, "        (0): {}\n        (1): ReLU()\n        (2): {}\n      )", lin(e, 4 * e), lin(4 * e, e))?;
+        writeln!(f, "    )\n  )")?;
+        writeln!(f, "  (ln): {ln}")?;
+        writeln!(f, "  (linear): {}", lin(e, pd))?;
+        write!(f, ")")
+    }
+}

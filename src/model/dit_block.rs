@@ -70,10 +70,11 @@ impl DiTBlock {
                                                               // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
                                                               // the heads forward, which is the token count. Weight exchange depends on keeping it.
         let o = match self.attention {
+            // libtorch's CPU flash kernel is several times slower on strided inputs.
             Attention::Fused => Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
+                &q.contiguous(),
+                &k.contiguous(),
+                &v.contiguous(),
                 None::<Tensor>,
                 0.0,
                 false,

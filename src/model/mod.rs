@@ -4,7 +4,7 @@
 
 mod dit;
 mod dit_block;
-mod time_embedding;
+pub mod time_embedding;
 
 pub use dit::Dit;
 pub use dit_block::DiTBlock;

@@ -1,0 +1,117 @@
+//! Adam (Kingma & Ba 2015, Algorithm 1) written out with the same tensor operations, in the
+//! same order, as PyTorch's single-tensor `torch.optim.Adam`, so one step gives PyTorch's
+//! numbers and the moments can be saved and restored (tch's optimizer keeps them private).
+//! Also global-norm gradient clipping and an exponential moving average of the weights.
+
+use tch::Tensor;
+
+/// Adam's moment estimates for a list of parameters.
+#[derive(Debug)]
+pub struct Adam {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// First moments m, one per parameter.
+    pub exp_avg: Vec<Tensor>,
+    /// Second moments v, one per parameter.
+    pub exp_avg_sq: Vec<Tensor>,
+    /// Updates done so far (for the bias corrections).
+    pub step: i64,
+}
+
+impl Adam {
+    /// Zero moments; PyTorch's defaults betas (0.9, 0.999), eps 1e-8, no weight decay.
+    pub fn new(params: &[Tensor]) -> Self {
+        let zeros = || params.iter().map(|p| p.zeros_like().detach()).collect();
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, exp_avg: zeros(), exp_avg_sq: zeros(), step: 0 }
+    }
+
+    /// One update of every parameter from its `.grad()`.
+    pub fn step(&mut self, params: &[Tensor], lr: f64) {
+        self.step += 1;
+        let step = self.step as f64;
+        let bias_correction1 = 1.0 - self.beta1.powf(step);
+        let bias_correction2_sqrt = (1.0 - self.beta2.powf(step)).sqrt();
+        let step_size = lr / bias_correction1;
+        tch::no_grad(|| {
+            for ((p, m), v) in params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                // m ← m + (1 − β1)(g − m)
+                let _ = m.lerp_(&g, 1.0 - self.beta1);
+                // v ← β2·v + (1 − β2)·g²
+                let _ = v.g_mul_scalar_(self.beta2).addcmul_(&(&g * (1.0 - self.beta2)), &g);
+                // p ← p − step_size · m / (sqrt(v) / sqrt(1 − β2ᵗ) + ε)
+                let denom = (v.sqrt() / bias_correction2_sqrt) + self.eps;
+                let _ = p.shallow_clone().addcdiv_(&(&*m * -step_size), &denom);
+            }
+        });
+    }
+}
+
+/// Sets every gradient to zero (PyTorch ≥ 2.0 sets them to None; the effect on the next
+/// step is the same).
+pub fn zero_grad(params: &[Tensor]) {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.detach_().zero_();
+        }
+    }
+}
+
+/// The global L2 norm of all gradients, as a 0-dim tensor on their device (no host sync),
+/// and, when `max_norm > 0`, scales them as `torch.nn.utils.clip_grad_norm_` does.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Tensor {
+    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+    let total = Tensor::stack(&norms, 0).norm();
+    if max_norm > 0.0 {
+        let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+        tch::no_grad(|| {
+            for g in &grads {
+                let _ = g.shallow_clone().g_mul_(&coef);
+            }
+        });
+    }
+    total
+}
+
+/// An exponential moving average of parameters: ema ← decay·ema + (1 − decay)·p.
+#[derive(Debug)]
+pub struct Ema {
+    pub decay: f64,
+    pub shadow: Vec<Tensor>,
+}
+
+impl Ema {
+    pub fn new(params: &[Tensor], decay: f64) -> Self {
+        Self { decay, shadow: params.iter().map(|p| p.detach().copy()).collect() }
+    }
+
+    pub fn update(&mut self, params: &[Tensor]) {
+        tch::no_grad(|| {
+            for (s, p) in self.shadow.iter_mut().zip(params) {
+                let _ = s.lerp_(p, 1.0 - self.decay);
+            }
+        });
+    }
+}
+
+/// The learning rate at `step` (0-based) of `total` steps.
+pub fn learning_rate(cfg: &crate::config::TrainConfig, step: i64, total: i64) -> f64 {
+    let warmup = cfg.warmup_steps;
+    if step < warmup {
+        return cfg.lr * (step + 1) as f64 / warmup as f64;
+    }
+    match cfg.lr_schedule {
+        crate::config::LrSchedule::Constant => cfg.lr,
+        crate::config::LrSchedule::Cosine => {
+            let span = (total - warmup).max(1) as f64;
+            let progress = ((step - warmup) as f64 / span).clamp(0.0, 1.0);
+            cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Sampling from a trained `Dit`: the original's DDPM denoise loop (REFERENCE.md §4, DDPM
+//! Algorithm 2 with a clamp every step) and DDIM (Song et al. 2021, eq. 12 with σ from
+//! eq. 16) over the same model; the step math lives in `diffusion::Schedule`. Also the image
+//! helpers the sampler and the trainer share: a `make_grid`-style tiling into an RGB image,
+//! an atomic PNG writer, and the original's choice of preview states.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use image::RgbImage;
+use tch::{Device, Kind, Tensor};
+
+use crate::diffusion::Schedule;
+use crate::Dit;
+
+/// Pixels between tiles (and around the border) in a grid, as torchvision's `make_grid`.
+pub const GRID_PADDING: i64 = 2;
+
+/// States in the original's preview grid.
+pub const PREVIEW_STATES: i64 = 16;
+
+/// Steps DDIM takes when none are asked for.
+pub const DEFAULT_DDIM_STEPS: i64 = 50;
+
+/// How the model's noise predictions are turned into samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// The original's ancestral sampler: all T steps, fresh noise and a clamp at every step.
+    Ddpm,
+    /// DDIM over an evenly spaced subset of the steps; `eta` = 0 is deterministic, 1 with all
+    /// T steps is an ancestral sampler with DDPM's variance.
+    Ddim { eta: f64 },
+}
+
+impl Sampler {
+    /// The number of steps used when the user names none: T for DDPM, 50 (at most T) for DDIM.
+    pub fn default_steps(&self, max_t: i64) -> i64 {
+        match self {
+            Self::Ddpm => max_t,
+            Self::Ddim { .. } => DEFAULT_DDIM_STEPS.min(max_t),
+        }
+    }
+
+    /// Checks `steps` (and η) against a schedule of `max_t` steps.
+    pub fn check(&self, steps: i64, max_t: i64) -> Result<()> {
+        ensure!(steps >= 1, "the number of steps must be at least 1, got {steps}");
+        ensure!(steps <= max_t, "{steps} steps exceed the schedule's max_t = {max_t}");
+        match *self {
+            Self::Ddpm => ensure!(
+                steps == max_t,
+                "the ddpm sampler takes all max_t = {max_t} steps, got {steps}; use the ddim sampler for fewer"
+            ),
+            Self::Ddim { eta } => {
+                ensure!(eta >= 0.0 && eta.is_finite(), "eta must be a number ≥ 0, got {eta}")
+            }
+        }
+        Ok(())
+    }
+
+    /// The training steps visited, descending (DDPM: T − 1 … 0; DDIM: see
+    /// `Schedule::ddim_timesteps`). `steps` must have passed `check`.
+    pub fn timesteps(&self, schedule: &Schedule, steps: i64) -> Vec<i64> {
+        match self {
+            Self::Ddpm => (0..schedule.max_t).rev().collect(),
+            Self::Ddim { .. } => schedule.ddim_timesteps(steps),
+        }
+    }
+}
+
+/// What to run: the sampler, its number of steps, and which states to keep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOptions {
+    pub sampler: Sampler,
+    /// Model evaluations; DDPM needs exactly T.
+    pub steps: i64,
+    /// States to return, as indices into the list of states 0 (the noise) … `steps` (the
+    /// final images), in the order wanted.
+    pub keep: Vec<i64>,
+}
+
+impl SampleOptions {
+    /// `sampler` with its default number of steps for a schedule of `max_t`, keeping nothing.
+    pub fn new(sampler: Sampler, max_t: i64) -> Self {
+        Self { sampler, steps: sampler.default_steps(max_t), keep: vec![] }
+    }
+}
+
+/// Runs the sampler from `noise` (B, C, I, I) with `labels` (B) int64, both on the model's
+/// device, without gradients. `progress(done, total)` is called after every step. Returns the
+/// final images (B, C, I, I) in [−1, 1] and the states `opts.keep` names, in its order, on
+/// the model's device.
+///
+/// Random numbers: DDPM draws one `randn_like` per step for s = T − 1 … 1 and none at s = 0,
+/// as the original; so with the noise drawn by `Tensor::randn` right after
+/// `tch::manual_seed(seed)` on the CPU, the result equals the original's for that seed.
+/// DDIM draws one per step except the last when η > 0, none when η = 0.
+pub fn sample(
+    model: &Dit,
+    schedule: &Schedule,
+    opts: &SampleOptions,
+    noise: Tensor,
+    labels: &Tensor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let SampleOptions { sampler, steps, ref keep } = *opts;
+    sampler.check(steps, schedule.max_t)?;
+    check_inputs(model, &noise, labels)?;
+    if let Some(bad) = keep.iter().find(|&&k| !(0..=steps).contains(&k)) {
+        anyhow::bail!("state {bad} cannot be kept: there are {} states (0 = the noise)", steps + 1);
+    }
+    let timesteps = sampler.timesteps(schedule, steps);
+    let total = timesteps.len();
+    let batch = noise.size()[0];
+    let device = noise.device();
+
+    tch::no_grad(|| {
+        let mut kept: Vec<Option<Tensor>> = keep.iter().map(|_| None).collect();
+        let mut remember = |index: i64, x: &Tensor| {
+            for (slot, &k) in kept.iter_mut().zip(keep) {
+                if k == index {
+                    // Every step makes a new tensor, so a shallow clone is a snapshot.
+                    *slot = Some(x.shallow_clone());
+                }
+            }
+        };
+        let mut x = noise;
+        remember(0, &x);
+        for (i, &t) in timesteps.iter().enumerate() {
+            let t_batch = Tensor::full([batch], t, (Kind::Int64, device)); // (B)
+            let eps = model.forward(&x, labels, &t_batch); // (B, C, I, I)
+            x = match sampler {
+                Sampler::Ddpm => schedule.ddpm_step(&x, &eps, t),
+                Sampler::Ddim { eta } => schedule.ddim_step(&x, &eps, t, timesteps.get(i + 1).copied(), eta),
+            };
+            remember(i as i64 + 1, &x);
+            progress(i + 1, total);
+        }
+        // DDPM clamps every step already and DDIM's last step returns the clamped x̂0; the
+        // clamp here only makes the contract independent of the sampler.
+        let x = x.clamp(-1.0, 1.0);
+        let kept = kept.into_iter().map(|k| k.expect("every kept index was checked")).collect();
+        Ok((x, kept))
+    })
+}
+
+/// Shape and label checks that would otherwise surface as libtorch panics in the forward pass.
+fn check_inputs(model: &Dit, noise: &Tensor, labels: &Tensor) -> Result<()> {
+    let cfg = model.config();
+    let want = [cfg.channel, cfg.img_size, cfg.img_size];
+    let size = noise.size();
+    ensure!(
+        size.len() == 4 && size[1..] == want && size[0] > 0,
+        "noise of shape {size:?} does not fit the model: expected (B, {}, {}, {})",
+        want[0],
+        want[1],
+        want[2]
+    );
+    ensure!(labels.size() == [size[0]], "labels of shape {:?} for a batch of {}", labels.size(), size[0]);
+    let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+    ensure!(
+        lo >= 0 && hi < cfg.label_num,
+        "label {} is out of range: the model has {} labels (0..={})",
+        if lo < 0 { lo } else { hi },
+        cfg.label_num,
+        cfg.label_num - 1
+    );
+    Ok(())
+}
+
+/// The original's 16 preview states out of the T + 1 of a full DDPM run, ascending.
+///
+/// The original shows list indices T, T − 63, …, T − 15·63 (1000, 937, …, 55 for T = 1000):
+/// a stride of ceil(T/16) = 63 counting down from the final image, the noise (index 0) not
+/// included. For other T the stride is ceil(T/16), shortened to floor(T/15) where needed so
+/// that all 16 fit (T − 15·stride ≥ 0, true for T ≥ 225), and at least 1; only T < 15 gives
+/// fewer than 16 states (then all of 0…T).
+pub fn progress_indices(max_t: i64) -> Vec<i64> {
+    let n = PREVIEW_STATES;
+    let stride = ((max_t + n - 1) / n).min(max_t / (n - 1)).max(1);
+    let mut indices: Vec<i64> = (0..n).map(|k| max_t - k * stride).filter(|&i| i >= 0).collect();
+    indices.reverse();
+    indices
+}
+
+/// `count` states evenly spaced over 0 (the noise) … `steps` (the final images), ascending,
+/// both ends included: round(i·steps/(count − 1)). Fewer when steps + 1 < count.
+pub fn evenly_spaced_states(steps: i64, count: i64) -> Vec<i64> {
+    if count <= 1 {
+        return vec![steps];
+    }
+    let mut states: Vec<i64> = (0..count).map(|i| (2 * i * steps + count - 1) / (2 * (count - 1))).collect();
+    states.dedup();
+    states
+}
+
+/// How float pixels become bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalize {
+    /// (x − min)/(max − min) over the whole tensor, as `make_grid(normalize=True)`.
+    MinMax,
+    /// The model's own range: (x + 1)/2, clamped to [0, 1].
+    Fixed,
+}
+
+/// Tiles images (N, C, H, W) into a grid of `nrow` columns with `GRID_PADDING` black pixels
+/// between tiles and around the border, as torchvision's `make_grid`, and converts it to
+/// 8-bit RGB (round(255·v), as `save_image`). One channel is shown as grey; channels beyond
+/// three are dropped and a missing third one is black. Works on any device and kind.
+pub fn to_image_grid(images: &Tensor, nrow: i64, normalize: Normalize) -> RgbImage {
+    grid(images, nrow, normalize, GRID_PADDING)
+}
+
+/// One image (C, H, W) in [−1, 1], fixed normalisation, no border.
+pub fn to_image(image: &Tensor) -> RgbImage {
+    grid(&image.unsqueeze(0), 1, Normalize::Fixed, 0)
+}
+
+fn grid(images: &Tensor, nrow: i64, normalize: Normalize, padding: i64) -> RgbImage {
+    let size = images.size();
+    assert!(size.len() == 4 && size[0] > 0, "to_image_grid: expected (N, C, H, W), got {size:?}");
+    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+    let x = images.detach().to_device(Device::Cpu).to_kind(Kind::Float);
+    let x = match normalize {
+        Normalize::Fixed => ((x + 1.0) / 2.0).clamp(0.0, 1.0),
+        Normalize::MinMax => {
+            let (lo, hi) = (x.min().double_value(&[]), x.max().double_value(&[]));
+            // make_grid divides by max(max − min, 1e-5) so a constant image does not give NaNs.
+            (x - lo) / (hi - lo).max(1e-5)
+        }
+    };
+    let x = (x * 255.0 + 0.5).clamp(0.0, 255.0).to_kind(Kind::Uint8); // (N, C, H, W)
+    let x = match c {
+        1 => x.expand([n, 3, h, w], false),
+        2 => Tensor::cat(&[x, Tensor::zeros([n, 1, h, w], (Kind::Uint8, Device::Cpu))], 1),
+        _ => x.narrow(1, 0, 3),
+    }; // (N, 3, H, W)
+
+    let cols = nrow.clamp(1, n);
+    let rows = (n + cols - 1) / cols;
+    let (tile_h, tile_w) = (h + padding, w + padding);
+    let canvas =
+        Tensor::zeros([3, rows * tile_h + padding, cols * tile_w + padding], (Kind::Uint8, Device::Cpu));
+    for i in 0..n {
+        let (r, col) = (i / cols, i % cols);
+        canvas.narrow(1, r * tile_h + padding, h).narrow(2, col * tile_w + padding, w).copy_(&x.get(i));
+    }
+    let (height, width) = (canvas.size()[1], canvas.size()[2]);
+    let bytes = Vec::<u8>::try_from(canvas.permute([1, 2, 0]).contiguous().view([-1]))
+        .expect("a uint8 CPU tensor converts to bytes");
+    RgbImage::from_raw(width as u32, height as u32, bytes).expect("the buffer has width·height·3 bytes")
+}
+
+/// Writes a PNG atomically (temporary file beside it, then rename), creating parent folders;
+/// errors name the path.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    crate::checkpoint::write_atomic(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png).context("PNG encoding failed")
+    })
+}

@@ -1,0 +1,533 @@
+//! The data module: odd and broken image files, the real photo set, the order of epochs, the
+//! cache, and the built-in procedural data sets (with a preview PNG for a human to look at).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dit::data::{
+    epoch_order, render_panda, render_red_panda, Batch, Dataset, Loader, BUILTIN_LEN, BUILTIN_PANDAS,
+    BUILTIN_PANDAS2,
+};
+use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
+use tch::Kind;
+
+const SIZE: i64 = 32;
+const IMAGE_BYTES: usize = (SIZE * SIZE * 3) as usize;
+
+// ---- helpers --------------------------------------------------------------------------------
+
+/// CRC-32 (ISO-HDLC, as PNG chunks use), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn adler32(bytes: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in bytes {
+        a = (a + x as u32) % 65521;
+        b = (b + a) % 65521;
+    }
+    (b << 16) | a
+}
+
+fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
+}
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
+
+fn ihdr(width: u32, height: u32, bit_depth: u8, colour_type: u8) -> Vec<u8> {
+    let mut data = width.to_be_bytes().to_vec();
+    data.extend_from_slice(&height.to_be_bytes());
+    data.extend_from_slice(&[bit_depth, colour_type, 0, 0, 0]);
+    chunk(b"IHDR", &data)
+}
+
+/// zlib stream with one stored (uncompressed) block.
+fn zlib_stored(raw: &[u8]) -> Vec<u8> {
+    assert!(raw.len() < 65536);
+    let len = raw.len() as u16;
+    let mut out = vec![0x78, 0x01, 0x01];
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(raw);
+    out.extend_from_slice(&adler32(raw).to_be_bytes());
+    out
+}
+
+/// A 4×4 indexed-colour PNG, written by hand (the image crate does not write palettes).
+fn palette_png() -> Vec<u8> {
+    let mut raw = Vec::new();
+    for y in 0..4u8 {
+        raw.push(0); // filter: none
+        raw.extend((0..4u8).map(|x| (x + y) % 2));
+    }
+    let mut png = PNG_SIGNATURE.to_vec();
+    png.extend(ihdr(4, 4, 8, 3));
+    png.extend(chunk(b"PLTE", &[200, 30, 30, 30, 30, 200]));
+    png.extend(chunk(b"IDAT", &zlib_stored(&raw)));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+/// A well-formed PNG header declaring 100000×100000 RGB pixels (30 GB), with a tiny IDAT.
+fn bomb_png() -> Vec<u8> {
+    let mut png = PNG_SIGNATURE.to_vec();
+    png.extend(ihdr(100_000, 100_000, 8, 2));
+    png.extend(chunk(b"IDAT", &zlib_stored(&[0; 64])));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+fn encode(image: &image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, format).unwrap();
+    bytes.into_inner()
+}
+
+fn noise(width: u32, height: u32) -> RgbImage {
+    ImageBuffer::from_fn(width, height, |x, y| {
+        let h = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
+        Rgb([(h >> 24) as u8, (h >> 16) as u8, (h >> 8) as u8])
+    })
+}
+
+/// Left third red, middle third green, right third blue.
+fn thirds(width: u32, height: u32) -> RgbImage {
+    ImageBuffer::from_fn(width, height, |x, _| match 3 * x / width {
+        0 => Rgb([255, 0, 0]),
+        1 => Rgb([0, 255, 0]),
+        _ => Rgb([0, 0, 255]),
+    })
+}
+
+fn pixel(image: &[u8], side: i64, x: i64, y: i64) -> [u8; 3] {
+    let at = ((y * side + x) * 3) as usize;
+    [image[at], image[at + 1], image[at + 2]]
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A folder of `n` small distinct PNGs named img_00.png, img_01.png, ….
+fn numbered_folder(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..n {
+        let image = RgbImage::from_pixel(8, 8, Rgb([i as u8 * 20, 100, 255 - i as u8 * 20]));
+        image.save(dir.path().join(format!("img_{i:02}.png"))).unwrap();
+    }
+    dir
+}
+
+fn collect(epoch: impl Iterator<Item = anyhow::Result<Batch>>) -> Vec<Batch> {
+    epoch.map(|b| b.expect("batch")).collect()
+}
+
+fn indices(batches: &[Batch]) -> Vec<Vec<usize>> {
+    batches.iter().map(|b| b.indices.clone()).collect()
+}
+
+/// The folder of real photos, read in place (never copied into the repository).
+fn photo_folder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pandas")
+}
+
+// ---- files ----------------------------------------------------------------------------------
+
+/// Names of the files that must load, and of those that must fail, in `odd_folder`.
+const GOOD: [&str; 9] = [
+    "one.png",
+    "gray.png",
+    "rgba.png",
+    "deep16.png",
+    "palette.png",
+    "photo.JPG",
+    "wide.png",
+    "tall.jpeg",
+    "liar.png",
+];
+const BAD: [&str; 3] = ["bad.png", "truncated.png", "bomb.png"];
+
+fn odd_folder() -> tempfile::TempDir {
+    use image::DynamicImage as D;
+    use image::ImageFormat::{Jpeg, Png};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "one.png", &encode(&D::ImageRgb8(RgbImage::from_pixel(1, 1, Rgb([10, 200, 30]))), Png));
+    let gray = ImageBuffer::from_fn(40, 30, |x, _| Luma([(x * 6) as u8]));
+    write(d, "gray.png", &encode(&D::ImageLuma8(gray), Png));
+    let rgba = ImageBuffer::from_fn(50, 50, |x, y| Rgba([x as u8 * 5, y as u8 * 5, 90, 128]));
+    write(d, "rgba.png", &encode(&D::ImageRgba8(rgba), Png));
+    let deep = ImageBuffer::from_fn(20, 20, |x, y| Rgb([x as u16 * 3000, y as u16 * 3000, 40_000]));
+    write(d, "deep16.png", &encode(&D::ImageRgb16(deep), Png));
+    write(d, "palette.png", &palette_png());
+    write(d, "photo.JPG", &encode(&D::ImageRgb8(noise(64, 48)), Jpeg));
+    write(d, "wide.png", &encode(&D::ImageRgb8(thirds(300, 200)), Png));
+    write(d, "tall.jpeg", &encode(&D::ImageRgb8(thirds(60, 90)), Jpeg));
+    write(d, "liar.png", &encode(&D::ImageRgb8(noise(33, 65)), Jpeg));
+    write(d, "bad.png", b"this is not an image at all, just some garbage bytes \x00\x01\x02");
+    let full = encode(&D::ImageRgb8(noise(64, 64)), Png);
+    write(d, "truncated.png", &full[..full.len() / 2]);
+    write(d, "bomb.png", &bomb_png());
+    write(d, "notes.txt", b"not picked up");
+    dir
+}
+
+#[test]
+fn odd_files_load_and_broken_ones_fail_naming_the_file() {
+    let dir = odd_folder();
+    let data = Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap();
+    assert_eq!(data.len(), GOOD.len() + BAD.len(), "{}", data.describe());
+    assert_eq!(data.class_names().len(), 1);
+    let index_of = |name: &str| {
+        (0..data.len()).find(|&i| data.path(i).unwrap().ends_with(name)).unwrap_or_else(|| panic!("{name}"))
+    };
+    for name in GOOD {
+        let image = data.load(index_of(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(image.len(), IMAGE_BYTES, "{name}");
+    }
+    for name in BAD {
+        let started = Instant::now();
+        let err = data.load(index_of(name)).expect_err(name);
+        let message = format!("{err:#}");
+        assert!(message.contains(name), "{message}");
+        assert!(err.to_string().contains(name), "top-level message names the file: {err}");
+        assert!(!message.contains('\n'), "{message}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{name} took {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn colours_and_centre_crop_survive_decoding() {
+    let dir = odd_folder();
+    let data = Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap();
+    let load = |name: &str| {
+        let i = (0..data.len()).find(|&i| data.path(i).unwrap().ends_with(name)).unwrap();
+        data.load(i).unwrap()
+    };
+    // 300×200: the centre 200×200 square is ¼ red, ½ green, ¼ blue.
+    let wide = load("wide.png");
+    assert_eq!(pixel(&wide, SIZE, SIZE / 2, SIZE / 2), [0, 255, 0]);
+    assert_eq!(pixel(&wide, SIZE, 0, SIZE / 2), [255, 0, 0]);
+    assert_eq!(pixel(&wide, SIZE, SIZE - 1, 0), [0, 0, 255]);
+    assert_eq!(pixel(&wide, SIZE, 5, 16), [255, 0, 0]);
+    // 60×90 portrait, JPEG: the crop keeps the whole width, so all three thirds remain.
+    let tall = load("tall.jpeg");
+    let [r, g, b] = pixel(&tall, SIZE, 2, SIZE / 2);
+    assert!(r > 200 && g < 60 && b < 60, "{:?}", [r, g, b]);
+    let [r, g, b] = pixel(&tall, SIZE, SIZE - 3, SIZE / 2);
+    assert!(b > 200 && r < 60 && g < 60, "{:?}", [r, g, b]);
+    // 1×1 is upscaled to a flat image.
+    let one = load("one.png");
+    assert!(one.chunks(3).all(|p| p == [10, 200, 30]));
+    // Grayscale becomes three equal channels.
+    assert!(load("gray.png").chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    // The palette maps to its two colours (blended at most by the resize).
+    let palette = load("palette.png");
+    assert!(palette.chunks(3).all(|p| p[1] == 30 && p[0] as u32 + p[2] as u32 >= 225));
+    // 16-bit: 40000/65535 ≈ 156 in the blue channel everywhere.
+    assert!(load("deep16.png").chunks(3).all(|p| p[2].abs_diff(156) <= 1));
+}
+
+#[test]
+fn an_image_already_at_size_is_passed_through_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let exact = noise(SIZE as u32, SIZE as u32);
+    exact.save(dir.path().join("exact.png")).unwrap();
+    let data = Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap();
+    assert_eq!(data.load(0).unwrap(), exact.into_raw());
+    assert!(data.load(1).is_err(), "index out of range is an error, not a panic");
+}
+
+#[test]
+fn loader_skips_broken_files_and_covers_every_good_one_once() {
+    let dir = odd_folder();
+    let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap());
+    let good: BTreeSet<usize> =
+        (0..data.len()).filter(|&i| GOOD.iter().any(|name| data.path(i).unwrap().ends_with(name))).collect();
+    let loader = Loader::new(data.clone(), 4, 2, true).unwrap();
+    for epoch in 0..2 {
+        let batches = collect(loader.epoch(7, epoch, 0));
+        let seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(seen.len(), good.len(), "each good image exactly once");
+        assert_eq!(seen.iter().copied().collect::<BTreeSet<_>>(), good);
+        for batch in &batches {
+            let n = batch.len() as i64;
+            assert_eq!(batch.images.size(), [n, 3, SIZE, SIZE]);
+            assert_eq!(batch.images.kind(), Kind::Uint8);
+            assert_eq!(batch.labels.size(), [n]);
+            assert_eq!(batch.labels.kind(), Kind::Int64);
+        }
+    }
+}
+
+#[test]
+fn an_epoch_of_only_broken_files_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        write(dir.path(), &format!("broken_{i}.png"), b"garbage");
+    }
+    let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap());
+    let loader = Loader::new(data, 2, 2, false).unwrap();
+    let results: Vec<_> = loader.epoch(0, 0, 0).collect();
+    assert_eq!(results.len(), 1);
+    let err = results.into_iter().next().unwrap().err().unwrap();
+    assert!(err.to_string().contains("none of the 5 images"), "{err}");
+}
+
+#[test]
+fn batch_tensors_hold_the_loaded_pixels_channels_first() {
+    let dir = odd_folder();
+    let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap());
+    let loader = Loader::new(data.clone(), 3, 2, false).unwrap();
+    let batch = loader.epoch(1, 0, 0).next().unwrap().unwrap();
+    for (k, &i) in batch.indices.iter().enumerate() {
+        let hwc = batch.images.get(k as i64).permute([1, 2, 0]).contiguous();
+        let mut bytes = vec![0u8; IMAGE_BYTES];
+        hwc.view([-1]).copy_data(&mut bytes, IMAGE_BYTES);
+        assert_eq!(bytes, data.load(i).unwrap());
+        assert_eq!(batch.labels.int64_value(&[k as i64]), 0);
+    }
+}
+
+#[test]
+fn real_photo_set_loads_entirely() {
+    let folder = photo_folder();
+    if !folder.is_dir() {
+        eprintln!("skipping: {} is not here", folder.display());
+        return;
+    }
+    let data = Arc::new(Dataset::open(folder.to_str().unwrap(), SIZE).unwrap());
+    assert_eq!(data.len(), 300, "{}", data.describe());
+    assert!(data.describe().starts_with("300 images in "), "{}", data.describe());
+    let loader = Loader::new(data.clone(), 32, 2, false).unwrap();
+    assert_eq!(loader.batches_per_epoch(), 10);
+    let batches = collect(loader.epoch(0, 0, 0));
+    let sizes: Vec<usize> = batches.iter().map(Batch::len).collect();
+    assert_eq!(sizes, [32, 32, 32, 32, 32, 32, 32, 32, 32, 12], "no photo may fail");
+    let seen: BTreeSet<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+    assert_eq!(seen.len(), 300);
+}
+
+// ---- order ----------------------------------------------------------------------------------
+
+#[test]
+fn epoch_order_is_a_permutation_fixed_by_seed_and_epoch() {
+    let order = epoch_order(1000, 3, 5);
+    assert_eq!(order.iter().copied().collect::<BTreeSet<_>>().len(), 1000);
+    assert_eq!(order, epoch_order(1000, 3, 5));
+    assert_ne!(order, epoch_order(1000, 3, 6));
+    assert_ne!(order, epoch_order(1000, 4, 5));
+    assert_ne!(order, (0..1000).collect::<Vec<_>>());
+    assert!(epoch_order(0, 1, 1).is_empty());
+    assert_eq!(epoch_order(1, 1, 1), [0]);
+}
+
+#[test]
+fn epochs_are_deterministic_keep_the_last_partial_batch_and_resume_exactly() {
+    let dir = numbered_folder(10);
+    let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), 8).unwrap());
+    let loader = Loader::new(data, 4, 2, true).unwrap();
+    assert_eq!(loader.batches_per_epoch(), 3);
+    let full = collect(loader.epoch(42, 1, 0));
+    assert_eq!(full.iter().map(Batch::len).collect::<Vec<_>>(), [4, 4, 2]);
+    assert_eq!(full.iter().map(|b| b.position).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(indices(&full), indices(&collect(loader.epoch(42, 1, 0))));
+    assert_ne!(indices(&full), indices(&collect(loader.epoch(42, 2, 0))));
+    for k in 0..=3 {
+        let tail = collect(loader.epoch(42, 1, k));
+        assert_eq!(indices(&tail), indices(&full[k..]), "skip {k}");
+        assert_eq!(tail.first().map(|b| b.position), (k < 3).then_some(k));
+    }
+    assert!(collect(loader.epoch(42, 1, 99)).is_empty());
+}
+
+#[test]
+fn the_cache_serves_later_epochs_without_the_files() {
+    let dir = numbered_folder(6);
+    let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), 8).unwrap());
+    let cached = Loader::new(data.clone(), 4, 2, true).unwrap();
+    let uncached = Loader::new(data, 4, 2, false).unwrap();
+    let first = collect(cached.epoch(0, 0, 0));
+    collect(uncached.epoch(0, 0, 0));
+    for i in 0..6 {
+        std::fs::remove_file(dir.path().join(format!("img_{i:02}.png"))).unwrap();
+    }
+    let again = collect(cached.epoch(0, 0, 0));
+    assert_eq!(indices(&first), indices(&again));
+    for (a, b) in first.iter().zip(&again) {
+        assert!(a.images.equal(&b.images));
+    }
+    // Without the cache the files are read again: all gone, so the epoch is an error.
+    assert!(uncached.epoch(0, 1, 0).any(|b| b.is_err()));
+}
+
+#[test]
+fn dropping_an_epoch_midway_returns_promptly() {
+    let data = Arc::new(Dataset::open(BUILTIN_PANDAS, 32).unwrap());
+    let loader = Loader::new(data, 8, 2, false).unwrap();
+    let mut epoch = loader.epoch(0, 0, 0);
+    let first = epoch.next().unwrap().unwrap();
+    assert_eq!(first.len(), 8);
+    let started = Instant::now();
+    drop(epoch);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // An epoch dropped before its first batch, too.
+    drop(loader.epoch(0, 1, 0));
+}
+
+#[test]
+fn zero_batch_size_is_an_error() {
+    let data = Arc::new(Dataset::open(BUILTIN_PANDAS, 8).unwrap());
+    assert!(Loader::new(data, 0, 2, false).is_err());
+}
+
+// ---- folders --------------------------------------------------------------------------------
+
+fn open_error(path: &str) -> String {
+    let err = Dataset::open(path, SIZE).err().unwrap_or_else(|| panic!("{path} opened"));
+    let message = format!("{err:#}");
+    assert!(message.contains(path), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    message
+}
+
+#[test]
+fn bad_folders_give_one_line_errors_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let empty = root.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(open_error(empty.to_str().unwrap()).contains("no image files"));
+    let missing = root.join("missing");
+    assert!(open_error(missing.to_str().unwrap()).contains("does not exist"));
+    let texts = root.join("texts");
+    std::fs::create_dir(&texts).unwrap();
+    write(&texts, "readme.txt", b"hello");
+    assert!(open_error(texts.to_str().unwrap()).contains("no image files"));
+    let file = write(root, "file.png", b"x");
+    assert!(open_error(file.to_str().unwrap()).contains("not a folder"));
+    assert!(Dataset::open(BUILTIN_PANDAS, 0).is_err());
+}
+
+#[test]
+fn sub_folders_are_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (class, n) in [("zebra", 2), ("aardvark", 3)] {
+        let sub = dir.path().join(class);
+        std::fs::create_dir(&sub).unwrap();
+        for i in 0..n {
+            RgbImage::from_pixel(4, 4, Rgb([i, 0, 0])).save(sub.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("no_images")).unwrap();
+    RgbImage::from_pixel(4, 4, Rgb([0, 0, 0])).save(dir.path().join("loose.png")).unwrap();
+    let data = Dataset::open(dir.path().to_str().unwrap(), 4).unwrap();
+    assert_eq!(data.class_names(), ["aardvark", "zebra"]);
+    assert_eq!(data.len(), 5, "the loose file is ignored");
+    let labels: Vec<i64> = (0..5).map(|i| data.label(i)).collect();
+    assert_eq!(labels, [0, 0, 0, 1, 1]);
+    assert!(data.describe().contains("2 classes"), "{}", data.describe());
+
+    let single = numbered_folder(3);
+    let data = Dataset::open(single.path().to_str().unwrap(), 4).unwrap();
+    let name = single.path().file_name().unwrap().to_str().unwrap();
+    assert_eq!(data.class_names(), [name]);
+    assert!(data.describe().ends_with("(1 class)"), "{}", data.describe());
+}
+
+// ---- built-in data sets ---------------------------------------------------------------------
+
+/// Mean colour of the central half (the face) of a `SIZE`² image.
+fn centre_mean_colour(image: &[u8]) -> [f64; 3] {
+    let (lo, hi) = (SIZE / 4, 3 * SIZE / 4);
+    let mut sum = [0.0; 3];
+    for y in lo..hi {
+        for x in lo..hi {
+            for (acc, c) in sum.iter_mut().zip(pixel(image, SIZE, x, y)) {
+                *acc += c as f64;
+            }
+        }
+    }
+    sum.map(|s| s / ((hi - lo) * (hi - lo)) as f64)
+}
+
+#[test]
+fn builtin_pandas_are_deterministic_varied_and_look_like_pandas() {
+    let data = Dataset::open(BUILTIN_PANDAS, SIZE).unwrap();
+    assert_eq!(data.len(), BUILTIN_LEN);
+    assert_eq!(data.class_names(), ["panda"]);
+    assert_eq!(data.label(4095), 0);
+    let first = data.load(0).unwrap();
+    assert_eq!(first.len(), IMAGE_BYTES);
+    assert_eq!(first, data.load(0).unwrap());
+    assert_eq!(first, render_panda(0, SIZE));
+    let distinct: BTreeSet<Vec<u8>> = (0..32).map(|i| data.load(i).unwrap()).collect();
+    assert_eq!(distinct.len(), 32);
+    for i in [0, 1, 17, 4095] {
+        let image = data.load(i).unwrap();
+        // The central half of the image holds the face: black patches and a white face.
+        let centre: Vec<[u8; 3]> = (8..24)
+            .flat_map(|y| (8..24).map(move |x| (x, y)))
+            .map(|(x, y)| pixel(&image, SIZE, x, y))
+            .collect();
+        assert!(centre.iter().any(|p| p.iter().all(|&c| c < 60)), "panda {i} has no dark pixels");
+        assert!(centre.iter().any(|p| p.iter().all(|&c| c > 220)), "panda {i} has no white pixels");
+    }
+    assert!(data.load(BUILTIN_LEN).is_err());
+}
+
+#[test]
+fn builtin_pandas2_has_two_visibly_different_classes() {
+    let data = Dataset::open(BUILTIN_PANDAS2, SIZE).unwrap();
+    assert_eq!(data.len(), BUILTIN_LEN);
+    assert_eq!(data.class_names(), ["panda", "red_panda"]);
+    assert_eq!((0..4).map(|i| data.label(i)).collect::<Vec<_>>(), [0, 1, 0, 1]);
+    assert_eq!(data.load(1).unwrap(), render_red_panda(1, SIZE));
+    assert_eq!(data.load(2).unwrap(), render_panda(2, SIZE));
+    let class_mean = |label: usize| {
+        let means: Vec<[f64; 3]> =
+            (0..64).filter(|i| i % 2 == label).map(|i| centre_mean_colour(&data.load(i).unwrap())).collect();
+        [0, 1, 2].map(|c| means.iter().map(|m| m[c]).sum::<f64>() / means.len() as f64)
+    };
+    let (panda, red) = (class_mean(0), class_mean(1));
+    // Red panda faces are orange, far more red than blue; panda faces are black and white.
+    assert!(red[0] - red[2] > panda[0] - panda[2] + 60.0, "panda {panda:?} red panda {red:?}");
+}
+
+/// Tiles 16 images of side `side` into a 4×4 grid PNG.
+fn write_grid(path: &Path, side: u32, render: impl Fn(usize) -> Vec<u8>) {
+    let mut grid = RgbImage::new(4 * side, 4 * side);
+    for k in 0..16u32 {
+        let tile = RgbImage::from_raw(side, side, render(k as usize)).unwrap();
+        image::imageops::replace(&mut grid, &tile, ((k % 4) * side) as i64, ((k / 4) * side) as i64);
+    }
+    grid.save(path).unwrap();
+}
+
+#[test]
+fn builtin_preview_images_are_written() {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    write_grid(&target.join("builtin_pandas_preview.png"), 64, |i| render_panda(i, 64));
+    let pandas2 = Dataset::open(BUILTIN_PANDAS2, 64).unwrap();
+    write_grid(&target.join("builtin_pandas2_preview.png"), 64, |i| pandas2.load(i).unwrap());
+    write_grid(&target.join("builtin_pandas_preview_32.png"), 32, |i| render_panda(i, 32));
+}
