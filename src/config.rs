@@ -270,7 +270,11 @@ impl TrainConfig {
         );
         let p = &self.preview;
         ensure!(p.steps > 0, "train.preview.steps must be a positive integer, got {}", p.steps);
-        ensure!(p.every_epochs >= 0, "train.preview.every_epochs must be 0 (off) or positive, got {}", p.every_epochs);
+        ensure!(
+            p.every_epochs >= 0,
+            "train.preview.every_epochs must be 0 (off) or positive, got {}",
+            p.every_epochs
+        );
         ensure!(p.num > 0, "train.preview.num must be a positive integer, got {}", p.num);
         Ok(())
     }

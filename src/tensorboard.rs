@@ -37,7 +37,8 @@ fn tb_err(e: tboard::Error) -> anyhow::Error {
 
 impl Logger {
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create log folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create log folder {}", dir.display()))?;
         let writer = EventWriter::create(dir)
             .map_err(tb_err)
             .with_context(|| format!("cannot create a TensorBoard event file in {}", dir.display()))?;
@@ -160,7 +161,11 @@ pub fn dit_graph(cfg: &crate::config::ModelConfig) -> Vec<GraphNode> {
         g.push(node(n("feed_forward/0"), "Linear", &[&n("modulate_2")]));
         g.push(node(n("feed_forward/1"), "ReLU", &[&n("feed_forward/0")]));
         g.push(node(n("feed_forward/2"), "Linear", &[&n("feed_forward/1")]));
-        g.push(node(n("residual_2"), "GatedAdd", &[&n("residual_1"), &n("feed_forward/2"), &n("alfa_emb_2")]));
+        g.push(node(
+            n("residual_2"),
+            "GatedAdd",
+            &[&n("residual_1"), &n("feed_forward/2"), &n("alfa_emb_2")],
+        ));
         x = n("residual_2");
     }
     g.push(GraphNode::new("DIT/ln", "LayerNorm", &[&x]));

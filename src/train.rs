@@ -19,10 +19,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, state, state::TrainMeta};
-use crate::config::Config;
+use crate::config::{Config, SamplerKind};
 use crate::data::{Dataset, Loader};
 use crate::diffusion::Schedule;
 use crate::optim::{self, Adam, Ema};
+use crate::sampling::{self, Normalize, SampleOptions, Sampler};
 use crate::tensorboard::Logger;
 use crate::Dit;
 
@@ -44,6 +45,9 @@ pub enum Outcome {
     Interrupted,
 }
 
+/// Tiles per row of the TensorBoard preview grid (torchvision's make_grid default).
+const PREVIEW_GRID_ROW: i64 = 8;
+
 /// SplitMix64 (Steele et al. 2014): a fast, well-mixed 64-bit hash.
 pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -61,7 +65,8 @@ fn step_seed(seed: u64, step: i64) -> i64 {
 struct Trainer {
     cfg: Config,
     device: Device,
-    vs: VarStore,
+    /// Owns the variables that `model` and `params` share.
+    _vs: VarStore,
     model: Dit,
     names: Vec<String>,
     params: Vec<Tensor>,
@@ -115,9 +120,11 @@ impl Trainer {
 
 /// Fails before any training when `dir` cannot take new files.
 fn check_writable(dir: &Path, what: &str) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the {what} folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the {what} folder {}", dir.display()))?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("the {what} folder {} is not writable", dir.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("the {what} folder {} is not writable", dir.display()))?;
     std::fs::remove_file(&probe).ok();
     Ok(())
 }
@@ -142,11 +149,12 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     if let Some(st) = &resumed {
         let old = &st.meta.config;
         ensure!(
-            old.model == cfg.model || (old.model.attention != cfg.model.attention && {
-                let mut m = old.model.clone();
-                m.attention = cfg.model.attention;
-                m == cfg.model
-            }),
+            old.model == cfg.model
+                || (old.model.attention != cfg.model.attention && {
+                    let mut m = old.model.clone();
+                    m.attention = cfg.model.attention;
+                    m == cfg.model
+                }),
             "{} was trained with a different model section ({}); use its config or another checkpoint path",
             state_path.display(),
             serde_json::to_string(&old.model)?
@@ -160,12 +168,18 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     }
     let seed = match (&resumed, cfg.train.seed) {
         (Some(st), Some(s)) if s != st.meta.seed => {
-            eprintln!("note: resuming with the checkpoint's seed {} (not {s}) so the run stays exact", st.meta.seed);
+            eprintln!(
+                "note: resuming with the checkpoint's seed {} (not {s}) so the run stays exact",
+                st.meta.seed
+            );
             st.meta.seed
         }
         (Some(st), _) => st.meta.seed,
         (None, Some(s)) => s,
-        (None, None) => splitmix64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64) >> 1,
+        (None, None) => {
+            splitmix64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64)
+                >> 1
+        }
     };
     cfg.train.seed = Some(seed);
 
@@ -192,7 +206,14 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let model = Dit::new(&vs.root(), &cfg.model);
     let (names, params): (Vec<String>, Vec<Tensor>) = checkpoint::named_variables(&vs).into_iter().unzip();
     let mut adam = Adam::new(&params);
-    let mut meta = TrainMeta { step: 0, epoch: 0, batch_in_epoch: 0, seed, classes: classes.clone(), config: cfg.clone() };
+    let mut meta = TrainMeta {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        seed,
+        classes: classes.clone(),
+        config: cfg.clone(),
+    };
     let expected = checkpoint::expected_shapes(&cfg.model);
     let mut ema_init: Option<Vec<Tensor>> = None;
     if let Some(st) = &resumed {
@@ -229,7 +250,7 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         _ => (cfg.train.ema_decay > 0.0).then(|| Ema::new(&params, cfg.train.ema_decay)),
     };
     let schedule = Schedule::new(&cfg.diffusion, device);
-    let tr = Trainer { cfg, device, vs, model, names, params, adam, ema, schedule, meta, weights_path };
+    let tr = Trainer { cfg, device, _vs: vs, model, names, params, adam, ema, schedule, meta, weights_path };
     run_loop(tr, opts, &dataset, &loader, batches_per_epoch)
 }
 
@@ -276,11 +297,14 @@ fn run_loop(
     while tr.meta.epoch < cfg.train.epoch {
         let epoch = tr.meta.epoch;
         let skip = tr.meta.batch_in_epoch;
-        let bar = if interactive { ProgressBar::new(batches_per_epoch as u64) } else { ProgressBar::hidden() };
+        let bar =
+            if interactive { ProgressBar::new(batches_per_epoch as u64) } else { ProgressBar::hidden() };
         bar.set_style(
-            ProgressStyle::with_template("Epoch {prefix} [{wide_bar}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-                .expect("a valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "Epoch {prefix} [{wide_bar}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.train.epoch));
         bar.set_position(skip as u64);
@@ -361,7 +385,9 @@ fn run_loop(
             tr.meta.batch_in_epoch = 0;
             let every = cfg.train.preview.every_epochs;
             if every > 0 && (epoch + 1) % every == 0 {
-                preview(&tr, &mut tb, epoch, opts)?;
+                let started = Instant::now();
+                let path = preview(&tr, &mut tb, epoch, opts)?;
+                println!("preview: {} ({:.1} s)", path.display(), started.elapsed().as_secs_f64());
             }
         }
         tr.save()?;
@@ -376,9 +402,52 @@ fn run_loop(
     Ok(Outcome::Finished)
 }
 
-/// Samples the preview with the EMA weights (swapped in and out), logs the original's
-/// 16-state grid of the first image to TensorBoard and writes a grid of all previews.
-fn preview(tr: &Trainer, tb: &mut Logger, epoch: i64, opts: &RunOptions) -> Result<()> {
-    let _ = (tr, tb, epoch, opts);
-    Ok(())
+/// Samples the preview with the EMA weights (swapped in, then back out), logs the original's
+/// 16-state grid of the first image as `Generated Images` and writes a grid of all previews.
+fn preview(tr: &Trainer, tb: &mut Logger, epoch: i64, opts: &RunOptions) -> Result<PathBuf> {
+    let cfg = &tr.cfg;
+    let p = &cfg.train.preview;
+    let sampler = match p.sampler {
+        SamplerKind::Ddpm => Sampler::Ddpm,
+        SamplerKind::Ddim => Sampler::Ddim { eta: 0.0 },
+    };
+    let options = SampleOptions { sampler, steps: p.steps, keep: sampling::progress_indices(p.steps) };
+    // The same noise every time, so previews show training progress, not new draws.
+    tch::manual_seed(step_seed(tr.meta.seed, -2));
+    let (m, n) = (&cfg.model, p.num);
+    let noise = Tensor::randn([n, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu))
+        .to_device(tr.device);
+    let classes = (tr.meta.classes.len() as i64).max(1);
+    let labels = Tensor::arange(n, (Kind::Int64, tr.device)).remainder(classes);
+
+    let backup: Option<Vec<Tensor>> = tr.ema.as_ref().map(|ema| {
+        tch::no_grad(|| {
+            tr.params
+                .iter()
+                .zip(&ema.shadow)
+                .map(|(p, e)| {
+                    let saved = p.detach().copy();
+                    p.shallow_clone().copy_(e);
+                    saved
+                })
+                .collect()
+        })
+    });
+    let result = sampling::sample(&tr.model, &tr.schedule, &options, noise, &labels, &mut |_, _| {});
+    if let Some(backup) = backup {
+        tch::no_grad(|| tr.params.iter().zip(&backup).for_each(|(p, b)| p.shallow_clone().copy_(b)));
+    }
+    let (images, states) = result?;
+
+    let first: Vec<Tensor> = states.iter().map(|s| s.get(0)).collect();
+    let grid = sampling::to_image_grid(&Tensor::stack(&first, 0), PREVIEW_GRID_ROW, Normalize::MinMax);
+    tb.image("Generated Images", epoch, &grid)?;
+    let path = opts.preview_png.clone().unwrap_or_else(|| {
+        let mut name = tr.weights_path.as_os_str().to_owned();
+        name.push(".preview.png");
+        PathBuf::from(name)
+    });
+    let nrow = (n as f64).sqrt().ceil() as i64;
+    sampling::save_png(&sampling::to_image_grid(&images, nrow, Normalize::Fixed), &path)?;
+    Ok(path)
 }

@@ -202,7 +202,11 @@ pub struct Loaded {
 /// (or `./config.json`, or the original's defaults).
 pub fn load_for_inference(path: &Path, config: Option<&Path>, ema: bool, device: Device) -> Result<Loaded> {
     let is_state = path.to_string_lossy().ends_with(".state.safetensors");
-    let state_file = if is_state { Some(path.to_path_buf()) } else { Some(state::state_path(path)).filter(|p| p.is_file()) };
+    let state_file = if is_state {
+        Some(path.to_path_buf())
+    } else {
+        Some(state::state_path(path)).filter(|p| p.is_file())
+    };
     if !path.is_file() {
         bail!("{}: no such checkpoint", path.display());
     }
@@ -221,7 +225,8 @@ pub fn load_for_inference(path: &Path, config: Option<&Path>, ema: bool, device:
     };
     let vs = VarStore::new(device);
     let model = crate::Dit::new(&vs.root(), &config.model);
-    let expected: BTreeMap<String, Vec<i64>> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+    let expected: BTreeMap<String, Vec<i64>> =
+        vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
     state::check_against(&state_file, &st, &expected)?;
     let step = st.meta.step;
     let description = match (ema, st.group("ema")) {

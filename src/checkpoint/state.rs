@@ -84,19 +84,27 @@ pub fn save(path: &Path, meta: &TrainMeta, groups: &[(&str, &[(String, Tensor)])
 
 /// Reads a state file, checking its layout (not yet its shapes: see [`check_against`]).
 pub fn load(path: &Path) -> Result<TrainState> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read training state {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read training state {}", path.display()))?;
     let context = || format!("{}: not a valid training-state file", path.display());
     let (_, header) = SafeTensors::read_metadata(&bytes).with_context(context)?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let version = metadata.get("dit_state_version").with_context(context)?;
-    ensure!(version == &STATE_VERSION.to_string(), "{}: state version {version} is not supported", path.display());
-    let meta: TrainMeta = serde_json::from_str(metadata.get("meta").with_context(context)?).with_context(context)?;
+    ensure!(
+        version == &STATE_VERSION.to_string(),
+        "{}: state version {version} is not supported",
+        path.display()
+    );
+    let meta: TrainMeta =
+        serde_json::from_str(metadata.get("meta").with_context(context)?).with_context(context)?;
     meta.config.validate().with_context(context)?;
     let st = SafeTensors::deserialize(&bytes).with_context(context)?;
     let mut groups: HashMap<String, BTreeMap<String, Tensor>> = HashMap::new();
     for (name, view) in st.tensors() {
         ensure!(view.dtype() == Dtype::F32, "{}: tensor {name} is not float32", path.display());
-        let Some((group, key)) = name.split_once('.') else { bail!("{}: unexpected tensor {name}", path.display()) };
+        let Some((group, key)) = name.split_once('.') else {
+            bail!("{}: unexpected tensor {name}", path.display())
+        };
         ensure!(GROUPS.contains(&group), "{}: unexpected tensor {name}", path.display());
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::from_data_size(view.data(), &shape, Kind::Float);
@@ -109,7 +117,8 @@ pub fn load(path: &Path) -> Result<TrainState> {
 /// Checks every group of the state against the model's names and shapes.
 pub fn check_against(path: &Path, state: &TrainState, expected: &BTreeMap<String, Vec<i64>>) -> Result<()> {
     for (group, tensors) in &state.groups {
-        let found: Vec<(String, Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+        let found: Vec<(String, Tensor)> =
+            tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
         super::check_keys(path, expected, &found).with_context(|| format!("group {group}"))?;
     }
     Ok(())

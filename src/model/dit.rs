@@ -109,7 +109,12 @@ impl std::fmt::Display for Dit {
         writeln!(f, "      (linear_back): {}", lin(he, e))?;
         writeln!(f, "      (ln_2): {ln}")?;
         writeln!(f, "      (feed_forward): Sequential(")?;
-        writeln!(f, "        (0): {}\n        (1): ReLU()\n        (2): {}\n      )", lin(e, 4 * e), lin(4 * e, e))?;
+        writeln!(
+            f,
+            "        (0): {}\n        (1): ReLU()\n        (2): {}\n      )",
+            lin(e, 4 * e),
+            lin(4 * e, e)
+        )?;
         writeln!(f, "    )\n  )")?;
         writeln!(f, "  (ln): {ln}")?;
         writeln!(f, "  (linear): {}", lin(e, pd))?;

@@ -66,10 +66,46 @@ def cmd_sample(a):
     save_file({"images": steps[-1].contiguous(), "noise": steps[0].contiguous()}, a.out)
 
 
+def cmd_adam(a):
+    """Two torch.optim.Adam steps (PyTorch's defaults, lr from --label as 1e-3) on given grads."""
+    inputs = load_file(a.inputs)
+    names = sorted(k[len("param."):] for k in inputs if k.startswith("param."))
+    params = [torch.nn.Parameter(inputs["param." + n].clone()) for n in names]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    for step in (1, 2):
+        for n, p in zip(names, params):
+            p.grad = inputs[f"grad{step}.{n}"].clone()
+        opt.step()
+    out = {"param." + n: p.detach().contiguous() for n, p in zip(names, params)}
+    for n, p in zip(names, params):
+        st = opt.state[p]
+        out["exp_avg." + n] = st["exp_avg"].contiguous()
+        out["exp_avg_sq." + n] = st["exp_avg_sq"].contiguous()
+    save_file(out, a.out)
+
+
+def cmd_tb_tags(a):
+    """Reads a TensorBoard log folder with tensorboard's own event reader; prints a summary."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(a.config, size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    out = {
+        "scalars": {t: [[e.step, e.value] for e in acc.Scalars(t)] for t in tags["scalars"]},
+        "histograms": {t: [[e.step, e.histogram_value.num, e.histogram_value.min, e.histogram_value.max]
+                           for e in acc.Histograms(t)] for t in tags["histograms"]},
+        "images": {t: [[e.step, e.width, e.height, len(e.encoded_image_string)] for e in acc.Images(t)]
+                   for t in tags["images"]},
+        "graph": bool(tags.get("graph")),
+        "graph_nodes": len(acc.Graph().node) if tags.get("graph") else 0,
+    }
+    print(json.dumps(out))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("keys", "init", "forward", "schedule", "sample"):
+    for name in ("keys", "init", "forward", "schedule", "sample", "adam", "tb_tags"):
         s = sub.add_parser(name)
         s.add_argument("--config", required=True)
         s.add_argument("--out")

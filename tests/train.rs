@@ -1,0 +1,241 @@
+//! The trainer end to end on tiny settings: exact resume, reproducibility, weights-only
+//! starts, signals, the TensorBoard tags (read back by the real `tensorboard` package), and
+//! Adam against PyTorch's.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use tch::{Device, Kind, Tensor};
+
+const TINY: &str = r#"{
+  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16},
+  "diffusion": {"max_t": 100},
+  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 2, "data_path": "builtin:pandas",
+            "epoch": 3, "ema_decay": 0.9, "lr_schedule": "cosine", "warmup_steps": 2,
+            "histogram_every": 2, "preview": {"sampler": "ddim", "steps": 10, "every_epochs": 1, "num": 4}}
+}"#;
+
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let cfg = dir.join("tiny.json");
+    if !cfg.exists() {
+        std::fs::write(&cfg, TINY).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(dir)
+        .args(["--config", p(&cfg), "--device", "cpu", "--seed", "5"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "train {extra:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn weights(path: &Path) -> Vec<(String, Tensor)> {
+    let mut w = dit::checkpoint::read_tensors(path).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+fn assert_identical(a: &Path, b: &Path) {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs");
+    }
+}
+
+#[test]
+fn restart_continues_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 2 epochs of 512 images / 8 = 64 batches would be slow: use --max-steps inside epoch 1,
+    // and a restart that crosses nothing but the step count.
+    train(d, &["--checkpoint", "one/w.safetensors", "--logdir", "one/logs", "--max-steps", "7"]);
+    let first = train(d, &["--checkpoint", "two/w.safetensors", "--logdir", "two/logs", "--max-steps", "3"]);
+    assert!(String::from_utf8_lossy(&first.stdout).contains("reached --max-steps at step 3"));
+    let second = train(d, &["--checkpoint", "two/w.safetensors", "--logdir", "two/logs", "--max-steps", "7"]);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.contains("resuming from") && stdout.contains("at step 3"), "{stdout}");
+    assert_identical(&d.join("one/w.safetensors"), &d.join("two/w.safetensors"));
+    // EMA and Adam's moments too.
+    let (a, b) = (
+        dit::checkpoint::state::load(&d.join("one/w.safetensors.state.safetensors")).unwrap(),
+        dit::checkpoint::state::load(&d.join("two/w.safetensors.state.safetensors")).unwrap(),
+    );
+    assert_eq!(a.meta.step, 7);
+    assert_eq!(
+        (a.meta.step, a.meta.epoch, a.meta.batch_in_epoch),
+        (b.meta.step, b.meta.epoch, b.meta.batch_in_epoch)
+    );
+    for g in dit::checkpoint::state::GROUPS {
+        for (name, t) in a.group(g).unwrap() {
+            assert!(t.equal(&b.group(g).unwrap()[name]), "{g}.{name} differs after the restart");
+        }
+    }
+    // Already there: a rerun does nothing and changes nothing.
+    let again = train(d, &["--checkpoint", "two/w.safetensors", "--logdir", "two/logs", "--max-steps", "7"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));
+    assert_identical(&d.join("one/w.safetensors"), &d.join("two/w.safetensors"));
+}
+
+#[test]
+fn full_epochs_log_every_tag_and_previews() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A 16-image folder so that epochs are 2 steps long.
+    let imgs = d.join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for i in 0..16 {
+        let px = dit::data::render_panda(i, 16);
+        image::RgbImage::from_raw(16, 16, px).unwrap().save(imgs.join(format!("{i:02}.png"))).unwrap();
+    }
+    let out = train(d, &["--data", p(&imgs), "--checkpoint", "w.pth", "--logdir", "logs", "--epochs", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("DIT(") && stdout.contains("epoch 3/3: mean loss"), "{stdout}");
+    assert!(d.join("w.pth").exists() && d.join("w.pth.preview.png").exists());
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&golden(&["tb_tags", "--config", p(&d.join("logs"))])).unwrap();
+    let scalars = &summary["scalars"];
+    let batch = scalars["Loss/batch"].as_array().unwrap();
+    assert_eq!(batch.len(), 6, "one Loss/batch per step");
+    assert!(batch.iter().all(|e| e[1].as_f64().unwrap() > 0.0 && e[1].as_f64().unwrap() < 5.0));
+    assert_eq!(batch.iter().map(|e| e[0].as_i64().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(scalars["Loss/epoch"].as_array().unwrap().len(), 3);
+    for tag in ["train/lr", "train/grad_norm", "train/images_per_sec"] {
+        assert!(!scalars[tag].as_array().unwrap().is_empty(), "{tag}");
+    }
+    for tag in ["noise_prediction", "target_noise"] {
+        let h = summary["histograms"][tag].as_array().unwrap();
+        assert_eq!(
+            h.iter().map(|e| e[0].as_i64().unwrap()).collect::<Vec<_>>(),
+            [0, 2, 4],
+            "{tag} every 2 steps"
+        );
+        assert!(h.iter().all(|e| e[1].as_f64().unwrap() == (8 * 3 * 16 * 16) as f64), "{tag}: {h:?}");
+    }
+    let images = summary["images"]["Generated Images"].as_array().unwrap();
+    assert_eq!(images.len(), 3, "one preview per epoch");
+    // 16 states of 16 px in 8 columns, 2 px padding: 8·18 + 2 by 2·18 + 2.
+    assert_eq!((images[0][1].as_i64().unwrap(), images[0][2].as_i64().unwrap()), (146, 38));
+    assert!(summary["graph"].as_bool().unwrap() && summary["graph_nodes"].as_i64().unwrap() > 20);
+
+    // The .pth it wrote continues in PyTorch: golden.py loads it strictly.
+    let cfg = d.join("tiny.json");
+    tch::manual_seed(0);
+    let x = Tensor::randn([1, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let (y, t) = (Tensor::from_slice(&[0i64]), Tensor::from_slice(&[10i64]));
+    Tensor::write_safetensors(&[("x", &x), ("y", &y), ("t", &t), ("target", &x)], d.join("in.safetensors"))
+        .unwrap();
+    golden(&[
+        "forward",
+        "--config",
+        p(&cfg),
+        "--weights",
+        p(&d.join("w.pth")),
+        "--inputs",
+        p(&d.join("in.safetensors")),
+        "--out",
+        p(&d.join("o.safetensors")),
+    ]);
+}
+
+#[test]
+fn weights_only_checkpoint_starts_with_a_fresh_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg =
+        write_config(d, r#"{"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16}"#);
+    golden(&["init", "--config", p(&cfg), "--seed", "3", "--out", p(&d.join("orig.pth"))]);
+    let out = train(d, &["--checkpoint", "orig.pth", "--logdir", "logs", "--max-steps", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("starting from the weights in orig.pth with a fresh optimizer"), "{stdout}");
+    assert!(d.join("orig.pth.state.safetensors").exists());
+}
+
+#[test]
+fn sigterm_saves_and_exits_within_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.json"), TINY).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(["--config", "tiny.json", "--device", "cpu", "--checkpoint", "w.ot", "--logdir", "logs"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way (the first epoch is 512 steps, a minute or more).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let pid = child.id() as i32;
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed().as_secs_f64() < 5.0, "took {:?} to stop", started.elapsed());
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("interrupted at step"), "{stdout}");
+    let st = dit::checkpoint::state::load(&d.join("w.ot.state.safetensors")).unwrap();
+    assert!(st.meta.step > 0 && st.meta.epoch == 0);
+}
+
+#[test]
+fn adam_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tch::manual_seed(4);
+    let shapes: [&[i64]; 3] = [&[7, 5], &[5], &[2, 3, 4]];
+    let params: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu)).set_requires_grad(true))
+        .collect();
+    let grads: Vec<[Tensor; 2]> = shapes
+        .iter()
+        .map(|s| {
+            [
+                Tensor::randn(*s, (Kind::Float, Device::Cpu)),
+                Tensor::randn(*s, (Kind::Float, Device::Cpu)) * 1e-3,
+            ]
+        })
+        .collect();
+    let mut named: Vec<(String, Tensor)> = vec![];
+    for (i, p) in params.iter().enumerate() {
+        named.push((format!("param.p{i}"), p.detach().copy()));
+        named.push((format!("grad1.p{i}"), grads[i][0].copy()));
+        named.push((format!("grad2.p{i}"), grads[i][1].copy()));
+    }
+    Tensor::write_safetensors(&named, d.join("in.safetensors")).unwrap();
+    golden(&[
+        "adam",
+        "--config",
+        "-",
+        "--inputs",
+        p(&d.join("in.safetensors")),
+        "--out",
+        p(&d.join("out.safetensors")),
+    ]);
+    let py = read(&d.join("out.safetensors"));
+
+    let mut adam = dit::optim::Adam::new(&params);
+    for step in 0..2 {
+        dit::optim::zero_grad(&params);
+        // d/dp Σ p·g = g exactly.
+        let loss: Tensor = params.iter().zip(&grads).map(|(p, g)| (p * &g[step]).sum(Kind::Float)).sum();
+        loss.backward();
+        adam.step(&params, 1e-3);
+    }
+    for (i, p) in params.iter().enumerate() {
+        let err = max_abs_diff(p, &py[&format!("param.p{i}")]);
+        assert!(err <= 1e-7, "p{i}: {err:e}");
+        assert!(max_abs_diff(&adam.exp_avg[i], &py[&format!("exp_avg.p{i}")]) == 0.0);
+        assert!(max_abs_diff(&adam.exp_avg_sq[i], &py[&format!("exp_avg_sq.p{i}")]) <= 1e-12);
+    }
+}
