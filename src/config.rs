@@ -166,6 +166,9 @@ pub struct TrainConfig {
     pub histogram_every: i64,
     /// Keep decoded images in memory (as u8) so later epochs decode nothing.
     pub cache_images: bool,
+    /// On a non-finite loss or gradient: false stops the run (the last checkpoint stays as it
+    /// was), true skips that step with a warning and goes on.
+    pub skip_nonfinite: bool,
     /// The sample drawn and logged after epochs.
     pub preview: PreviewConfig,
 }
@@ -231,6 +234,7 @@ impl Default for TrainConfig {
             min_lr: 0.0,
             histogram_every: 100,
             cache_images: true,
+            skip_nonfinite: false,
             preview: PreviewConfig::default(),
         }
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -312,24 +312,36 @@ fn run_loop(
         let (mut wait, epoch_start) = (Duration::ZERO, Instant::now());
         let mut last_line = Instant::now();
         let mut outcome = None;
+        let mut skipped = 0;
         for batch in loader.epoch(tr.meta.seed, epoch as u64, skip as usize) {
             let batch = batch?;
             wait += batch.wait;
             let lr = optim::learning_rate(&cfg.train, tr.meta.step, total_steps);
             let (loss, pred, noise, grad_norm) = tr.step(&batch.images, &batch.labels);
             let loss_value = loss.double_value(&[]);
-            if !loss_value.is_finite() {
-                bail!(
-                    "the loss became {loss_value} at step {}; stopping without saving, so {} still holds the last good checkpoint (try a lower train.lr)",
+            let grad_norm_value = grad_norm.double_value(&[]);
+            if !loss_value.is_finite() || !grad_norm_value.is_finite() {
+                ensure!(
+                    cfg.train.skip_nonfinite,
+                    "the loss became {loss_value} (gradient norm {grad_norm_value}) at step {}; stopped without saving, so {} still holds the last good checkpoint (lower train.lr, or set train.skip_nonfinite)",
                     tr.meta.step,
                     tr.weights_path.display()
                 );
+                eprintln!(
+                    "warning: skipping step {}: loss {loss_value}, gradient norm {grad_norm_value}",
+                    tr.meta.step
+                );
+                skipped += 1;
+                tr.meta.step += 1;
+                tr.meta.batch_in_epoch = batch.position as i64 + 1;
+                bar.inc(1);
+                continue;
             }
             tr.apply(lr);
             let step = tr.meta.step;
             tb.scalar("Loss/batch", step, loss_value)?;
             tb.scalar("train/lr", step, lr)?;
-            tb.scalar("train/grad_norm", step, grad_norm.double_value(&[]))?;
+            tb.scalar("train/grad_norm", step, grad_norm_value)?;
             if step % cfg.train.histogram_every == 0 {
                 tb.histogram("noise_prediction", step, &pred)?;
                 tb.histogram("target_noise", step, &noise)?;
@@ -364,6 +376,9 @@ fn run_loop(
         }
         bar.finish_and_clear();
         let elapsed = epoch_start.elapsed().as_secs_f64();
+        if skipped > 0 {
+            eprintln!("warning: {skipped} step(s) of epoch {} skipped for a non-finite loss", epoch + 1);
+        }
         if batches > 0 {
             tb.scalar("train/images_per_sec", tr.meta.step, images_seen as f64 / elapsed)?;
             tb.scalar("train/data_wait_share", tr.meta.step, wait.as_secs_f64() / elapsed)?;

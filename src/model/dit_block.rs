@@ -71,13 +71,13 @@ impl DiTBlock {
         let (gama_2, beita_2, alfa_2) = (&m[3], &m[4], &m[5]);
 
         let u = self.ln_1.forward(x) * (1.0 + gama_1) + beita_1; // (B, L, E)
-        // chunk (a split) differentiates into one cat; selecting from a permuted 5-D view
-        // would cost three full-size zero-filled copies in the backward pass.
+                                                                 // chunk (a split) differentiates into one cat; selecting from a permuted 5-D view
+                                                                 // would cost three full-size zero-filled copies in the backward pass.
         let heads = |t: &Tensor| t.view([b, l, h, e]).transpose(1, 2); // (B, H, L, E)
         let qkv = Self::fused_linear(&self.qkv, &u).chunk(3, -1); // 3 × (B, L, H·E)
         let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
         // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
-                                                              // the heads forward, which is the token count. Weight exchange depends on keeping it.
+        // the heads forward, which is the token count. Weight exchange depends on keeping it.
         let o = match self.attention {
             // libtorch's CPU flash kernel is several times slower on strided inputs.
             Attention::Fused => Tensor::scaled_dot_product_attention(

@@ -1,0 +1,148 @@
+//! One measurement of the Rust side of `scripts/bench`, printed as a JSON line. Each
+//! measurement runs in its own process so that its peak resident memory is its own.
+//!
+//!   bench train    CONFIG BATCH STEPS   seconds per training step (after one warm-up step)
+//!   bench forward  CONFIG BATCH STEPS   seconds per forward pass without gradients
+//!   bench sample   CONFIG SAMPLER STEPS seconds for a whole DDIM/DDPM sample of one image
+//!   bench loader   CONFIG DATA STEPS    share of the step time spent waiting for data, in the
+//!                                       first epoch and after it (cached)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use dit::checkpoint::named_variables;
+use dit::data::{Dataset, Loader};
+use dit::diffusion::Schedule;
+use dit::optim::{self, Adam};
+use dit::sampling::{self, SampleOptions, Sampler};
+use dit::{Config, Dit};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+/// Peak resident set size of this process, in bytes (VmHWM).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct Setup {
+    cfg: Config,
+    model: Dit,
+    params: Vec<Tensor>,
+    _vs: VarStore,
+}
+
+fn setup(config: &str) -> Result<Setup> {
+    let cfg = Config::load(config)?;
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Dit::new(&vs.root(), &cfg.model);
+    let params = named_variables(&vs).into_iter().map(|(_, t)| t).collect();
+    Ok(Setup { cfg, model, params, _vs: vs })
+}
+
+fn train_step(s: &Setup, schedule: &Schedule, adam: &mut Adam, images: &Tensor, labels: &Tensor) -> f64 {
+    let b = images.size()[0];
+    let x0 = images.to_kind(Kind::Float) / 255.0 * 2.0 - 1.0;
+    let t = Tensor::randint(schedule.max_t, [b], (Kind::Int64, Device::Cpu));
+    let (xt, noise) = schedule.add_noise(&x0, &t);
+    let loss = s.model.forward(&xt, labels, &t).l1_loss(&noise, tch::Reduction::Mean);
+    optim::zero_grad(&s.params);
+    loss.backward();
+    let _ = optim::clip_grad_norm(&s.params, s.cfg.train.grad_clip);
+    adam.step(&s.params, s.cfg.train.lr);
+    loss.double_value(&[])
+}
+
+fn main() -> std::process::ExitCode {
+    dit::cli::run(run_bench)
+}
+
+fn run_bench() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).context("usage: bench train|forward|sample|loader CONFIG ARG STEPS")?.clone();
+    let s = setup(&args[2])?;
+    let steps: usize = args[4].parse()?;
+    let schedule = Schedule::new(&s.cfg.diffusion, Device::Cpu);
+    let m = &s.cfg.model;
+    let result = match what.as_str() {
+        "train" => {
+            let b: i64 = args[3].parse()?;
+            let images =
+                Tensor::randint(256, [b, m.channel, m.img_size, m.img_size], (Kind::Uint8, Device::Cpu));
+            let labels = Tensor::zeros([b], (Kind::Int64, Device::Cpu));
+            let mut adam = Adam::new(&s.params);
+            train_step(&s, &schedule, &mut adam, &images, &labels);
+            let start = Instant::now();
+            for _ in 0..steps {
+                train_step(&s, &schedule, &mut adam, &images, &labels);
+            }
+            let per = start.elapsed().as_secs_f64() / steps as f64;
+            serde_json::json!({"seconds_per_step": per, "images_per_sec": b as f64 / per})
+        }
+        "forward" => {
+            let b: i64 = args[3].parse()?;
+            let x = Tensor::randn([b, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
+            let (y, t) = (
+                Tensor::zeros([b], (Kind::Int64, Device::Cpu)),
+                Tensor::full([b], 500, (Kind::Int64, Device::Cpu)),
+            );
+            tch::no_grad(|| {
+                let _ = s.model.forward(&x, &y, &t);
+                let start = Instant::now();
+                for _ in 0..steps {
+                    let _ = s.model.forward(&x, &y, &t).sum(Kind::Float).double_value(&[]);
+                }
+                serde_json::json!({"seconds": start.elapsed().as_secs_f64() / steps as f64})
+            })
+        }
+        "sample" => {
+            let sampler = if args[3] == "ddpm" { Sampler::Ddpm } else { Sampler::Ddim { eta: 0.0 } };
+            let opts = SampleOptions { sampler, steps: steps as i64, keep: vec![] };
+            let noise = Tensor::randn([1, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
+            let labels = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
+            let start = Instant::now();
+            let _images = sampling::sample(&s.model, &schedule, &opts, noise, &labels, &mut |_, _| {})?;
+            serde_json::json!({"seconds": start.elapsed().as_secs_f64()})
+        }
+        "loader" => {
+            let dataset = Arc::new(Dataset::open(&args[3], m.img_size)?);
+            let loader = Loader::new(
+                dataset,
+                s.cfg.train.batch_size as usize,
+                s.cfg.train.num_workers as usize,
+                true,
+            )?;
+            let mut adam = Adam::new(&s.params);
+            let mut measure = |epoch: u64, train: bool| -> Result<(f64, usize)> {
+                let (mut wait, mut n) = (Duration::ZERO, 0);
+                let start = Instant::now();
+                for batch in loader.epoch(0, epoch, 0) {
+                    let batch = batch?;
+                    wait += batch.wait;
+                    n += 1;
+                    if train {
+                        train_step(&s, &schedule, &mut adam, &batch.images, &batch.labels);
+                        if n == steps {
+                            break;
+                        }
+                    }
+                }
+                Ok((wait.as_secs_f64() / start.elapsed().as_secs_f64(), n))
+            };
+            let (first, _) = measure(0, true)?;
+            measure(1, false)?; // decode the rest of the first pass into the cache
+            let (later, _) = measure(2, true)?;
+            serde_json::json!({"wait_share_first_epoch": first, "wait_share_later": later, "steps": steps})
+        }
+        other => anyhow::bail!("unknown measurement {other}"),
+    };
+    let mut result = result;
+    result["peak_rss_bytes"] = peak_rss().into();
+    println!("{result}");
+    Ok(())
+}

@@ -1,0 +1,61 @@
+"""The Python side of scripts/bench: the project's reference of the original (naive attention,
+as the original computes it), one measurement per process, printed as a JSON line."""
+
+import json
+import resource
+import sys
+import time
+
+import torch
+
+import reference
+
+
+def main():
+    what, config, arg, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    with open(config) as f:
+        cfg = json.load(f)
+    m, d = cfg.get("model", {}), cfg.get("diffusion", {})
+    torch.manual_seed(0)
+    model = reference.build(m)
+    size, channel = m.get("img_size", 256), m.get("channel", 3)
+    out = {}
+    if what == "train":
+        b = int(arg)
+        diffusion = reference.Diffusion(**d)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.get("train", {}).get("lr", 1e-6))
+        images = torch.randint(0, 256, (b, channel, size, size), dtype=torch.uint8)
+        y = torch.zeros(b, dtype=torch.long)
+
+        def step():
+            x = images.float() / 255 * 2 - 1
+            t = torch.randint(0, diffusion.max_t, (b,))
+            xt, noise = diffusion.add_noise(x, t)
+            loss = torch.nn.functional.l1_loss(noise, model(xt, y, t))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        per = (time.perf_counter() - start) / steps
+        out = {"seconds_per_step": per, "images_per_sec": b / per}
+    elif what == "forward":
+        b = int(arg)
+        x = torch.randn(b, channel, size, size)
+        y, t = torch.zeros(b, dtype=torch.long), torch.full((b,), 500)
+        with torch.no_grad():
+            model(x, y, t)
+            start = time.perf_counter()
+            for _ in range(steps):
+                model(x, y, t).sum().item()
+        out = {"seconds": (time.perf_counter() - start) / steps}
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

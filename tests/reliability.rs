@@ -1,0 +1,218 @@
+//! Faults and hostile input: SIGKILL at random moments never loses the last checkpoint, a
+//! non-finite loss stops with the step named, and malformed configs, images and weight files
+//! are refused with an error, never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A small deterministic generator for the property tests (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = dit::train::splitmix64(self.0);
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const TINY: &str = r#"{
+  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16},
+  "diffusion": {"max_t": 100},
+  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 1, "epoch": 100000,
+            "preview": {"every_epochs": 0}}
+}"#;
+
+fn image_folder(dir: &Path) -> std::path::PathBuf {
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..16 {
+        let px = dit::data::render_panda(i, 16);
+        image::RgbImage::from_raw(16, 16, px).unwrap().save(imgs.join(format!("{i:02}.png"))).unwrap();
+    }
+    imgs
+}
+
+#[test]
+fn sigkill_at_random_moments_never_loses_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.json"), TINY).unwrap();
+    let imgs = image_folder(d);
+    // Epochs of 2 steps: a checkpoint is written every few tens of milliseconds, so many
+    // kills land during a write.
+    let args = [
+        "--config",
+        "tiny.json",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--data",
+        p(&imgs),
+        "--checkpoint",
+        "w.pth",
+        "--logdir",
+        "logs",
+    ];
+    let mut rng = Rng(42);
+    let mut last_step = 0;
+    let mut resumed = 0;
+    for round in 0..20 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+            .current_dir(d)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1200) as u64));
+        child.kill().unwrap(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("resuming from") {
+            resumed += 1;
+        }
+        let state = d.join("w.pth.state.safetensors");
+        if !state.exists() {
+            assert_eq!(round, 0, "the checkpoint vanished in round {round}");
+            continue;
+        }
+        // Both files load, and the state never goes backwards.
+        let st = dit::checkpoint::state::load(&state).unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+        dit::checkpoint::read_tensors(&d.join("w.pth")).unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+        assert!(st.meta.step >= last_step, "round {round}: step went from {last_step} to {}", st.meta.step);
+        last_step = st.meta.step;
+        // No temporary files pile up beyond the one a kill may leave mid-write.
+        let tmps = std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-"))
+            .count();
+        assert!(tmps <= 2, "round {round}: {tmps} temporary files");
+    }
+    assert!(last_step > 0, "training never got going");
+    assert!(resumed >= 15, "only {resumed} of 20 runs resumed");
+}
+
+#[test]
+fn a_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.json"), TINY).unwrap();
+    let imgs = image_folder(d);
+    let base = [
+        "--config",
+        "tiny.json",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--data",
+        p(&imgs),
+        "--checkpoint",
+        "w.ot",
+        "--logdir",
+        "logs",
+    ];
+    let ok = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(base)
+        .args(["--max-steps", "2"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let before = std::fs::read(d.join("w.ot")).unwrap();
+    // An absurd learning rate drives the weights, then the loss, to infinity.
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(base)
+        .args(["--lr", "1e30", "--max-steps", "200"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the loss became") && err.contains("at step"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // Epochs of 2 steps save as they go; whatever is on disk is finite and loads.
+    let w = dit::checkpoint::read_tensors(&d.join("w.ot")).unwrap();
+    assert!(
+        w.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1),
+        "a non-finite checkpoint was saved"
+    );
+    assert!(!before.is_empty());
+}
+
+#[test]
+fn malformed_configs_are_errors_not_panics() {
+    let valid = std::fs::read_to_string(root().join("config.json")).unwrap();
+    let mut rng = Rng(7);
+    let alphabet = b"{}[]\":,0123456789-.eE truefalsnul\\x";
+    for _ in 0..3000 {
+        let mut bytes = valid.as_bytes().to_vec();
+        for _ in 0..1 + rng.below(4) {
+            let i = rng.below(bytes.len());
+            match rng.below(3) {
+                0 => bytes[i] = alphabet[rng.below(alphabet.len())],
+                1 => {
+                    bytes.remove(i);
+                }
+                _ => bytes.insert(i, alphabet[rng.below(alphabet.len())]),
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let result = std::panic::catch_unwind(|| dit::Config::from_json(&text));
+        assert!(result.is_ok(), "Config::from_json panicked on {text}");
+    }
+}
+
+#[test]
+fn malformed_images_and_weight_files_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Valid seeds to mutate: a PNG, a JPEG, and a .pth written by our writer.
+    let png_path = d.join("seed.png");
+    image::RgbImage::from_raw(16, 16, dit::data::render_panda(0, 16)).unwrap().save(&png_path).unwrap();
+    let jpg_path = d.join("seed.jpg");
+    image::RgbImage::from_raw(16, 16, dit::data::render_panda(1, 16)).unwrap().save(&jpg_path).unwrap();
+    let pth_path = d.join("seed.pth");
+    let t = tch::Tensor::arange(12, (tch::Kind::Float, tch::Device::Cpu)).view([3, 4]);
+    dit::checkpoint::write_tensors(&pth_path, &[("a.weight".to_string(), t)]).unwrap();
+    let seeds = [(png_path, "png"), (jpg_path, "jpg"), (pth_path, "pth")];
+    let mut rng = Rng(11);
+    for (seed, ext) in &seeds {
+        let original = std::fs::read(seed).unwrap();
+        for round in 0..150 {
+            let mut bytes = original.clone();
+            match rng.below(3) {
+                0 => bytes.truncate(rng.below(bytes.len())),
+                _ => {
+                    for _ in 0..1 + rng.below(8) {
+                        let i = rng.below(bytes.len());
+                        bytes[i] = rng.next() as u8;
+                    }
+                }
+            }
+            let case = d.join(format!("case{round}.{ext}"));
+            std::fs::write(&case, &bytes).unwrap();
+            let result = std::panic::catch_unwind(|| {
+                if *ext == "pth" {
+                    let _ = dit::checkpoint::read_tensors(&case);
+                } else {
+                    let folder = d.join(format!("f{round}{ext}"));
+                    std::fs::create_dir_all(&folder).unwrap();
+                    std::fs::copy(&case, folder.join(format!("x.{ext}"))).unwrap();
+                    if let Ok(ds) = dit::data::Dataset::open(p(&folder), 16) {
+                        let _ = ds.load(0);
+                    }
+                }
+            });
+            assert!(result.is_ok(), "panicked on a mutated {ext} (round {round})");
+        }
+    }
+}
