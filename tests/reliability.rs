@@ -89,7 +89,7 @@ fn sigkill_at_random_moments_never_loses_the_checkpoint() {
         dit::checkpoint::read_tensors(&d.join("w.pth")).unwrap_or_else(|e| panic!("round {round}: {e:#}"));
         assert!(st.meta.step >= last_step, "round {round}: step went from {last_step} to {}", st.meta.step);
         last_step = st.meta.step;
-        // No temporary files pile up beyond the one a kill may leave mid-write.
+        // No temporary files pile up: at most one per target (weights, state) left by a kill.
         let tmps = std::fs::read_dir(d)
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-"))

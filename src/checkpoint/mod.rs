@@ -71,8 +71,9 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
     let file_name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
-    // Keep the extension last: some writers pick their format from it.
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), file_name.to_string_lossy()));
+    // Keep the extension last: some writers pick their format from it. One fixed name per
+    // target, so a write cut short by a crash is overwritten by the next one, not piled up.
+    let tmp = dir.join(format!(".tmp-{}", file_name.to_string_lossy()));
     let result = write(&tmp).and_then(|()| {
         File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
