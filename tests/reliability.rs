@@ -216,3 +216,87 @@ fn malformed_images_and_weight_files_are_errors_not_panics() {
         }
     }
 }
+
+fn run_train(dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(dir)
+        .args(["--config", "tiny.json", "--device", "cpu", "--seed", "1"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected a failure, got success:\n{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line:\n{err}");
+    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn environment_problems_are_found_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.json"), TINY).unwrap();
+    let imgs = image_folder(d);
+    std::fs::write(d.join("a_file"), b"").unwrap();
+    let data = ["--data", p(&imgs)];
+    // A checkpoint folder that cannot exist (its parent is a file); root ignores permissions,
+    // so this is the unwritable case a test can build anywhere.
+    let out = run_train(d, &[&data[..], &["--checkpoint", "a_file/w.ot", "--logdir", "logs"]].concat());
+    assert!(one_line_error(&out).contains("a_file"));
+    assert!(!d.join("logs").exists(), "nothing may start before the check");
+    let out = run_train(d, &[&data[..], &["--checkpoint", "w.ot", "--logdir", "a_file/logs"]].concat());
+    assert!(one_line_error(&out).contains("a_file/logs"));
+    let out = run_train(d, &[&data[..], &["--checkpoint", "w.txt"]].concat());
+    assert!(one_line_error(&out).contains("w.txt"));
+    let out = run_train(d, &["--data", "no/such/folder", "--checkpoint", "w.ot"]);
+    assert!(one_line_error(&out).contains("no/such/folder"));
+    if !tch::Cuda::is_available() {
+        let out = Command::new(env!("CARGO_BIN_EXE_train"))
+            .current_dir(d)
+            .args(["--config", "tiny.json", "--device", "cuda"])
+            .args(data)
+            .output()
+            .unwrap();
+        assert!(one_line_error(&out).contains("--device cuda"));
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_model_or_a_corrupt_state_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.json"), TINY).unwrap();
+    let imgs = image_folder(d);
+    let base = ["--data", p(&imgs), "--checkpoint", "w.safetensors", "--logdir", "logs"];
+    assert!(run_train(d, &[&base[..], &["--max-steps", "2"]].concat()).status.success());
+    let state = d.join("w.safetensors.state.safetensors");
+    let saved = std::fs::read(&state).unwrap();
+
+    // Another architecture: a different emb_size.
+    std::fs::write(d.join("other.json"), TINY.replace(r#""emb_size": 16"#, r#""emb_size": 24"#)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(["--config", "other.json", "--device", "cpu"])
+        .args(base)
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out).contains("different model section"));
+    assert_eq!(std::fs::read(&state).unwrap(), saved, "the state file changed");
+
+    // A truncated state file.
+    std::fs::write(&state, &saved[..saved.len() / 2]).unwrap();
+    let out = run_train(d, &[&base[..], &["--max-steps", "4"]].concat());
+    assert!(one_line_error(&out).contains("w.safetensors.state.safetensors"));
+    assert_eq!(std::fs::read(&state).unwrap().len(), saved.len() / 2, "the state file changed");
+
+    // A weight file that is not one.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::write(d.join("w.safetensors"), b"garbage").unwrap();
+    let out = run_train(d, &[&base[..], &["--max-steps", "4"]].concat());
+    assert!(one_line_error(&out).contains("w.safetensors"));
+    assert_eq!(std::fs::read(d.join("w.safetensors")).unwrap(), b"garbage");
+}
