@@ -102,7 +102,7 @@ fn run_bench() -> Result<()> {
         }
         "sample" => {
             let sampler = if args[3] == "ddpm" { Sampler::Ddpm } else { Sampler::Ddim { eta: 0.0 } };
-            let opts = SampleOptions { sampler, steps: steps as i64, keep: vec![] };
+            let opts = SampleOptions { sampler, steps: steps as i64, keep: vec![], guidance: None };
             let noise = Tensor::randn([1, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
             let labels = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
             let start = Instant::now();

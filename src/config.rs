@@ -44,6 +44,10 @@ pub struct ModelConfig {
     pub emb_size: i64,
     /// How attention is computed (not part of the weights).
     pub attention: Attention,
+    /// One extra "no label" row (index `label_num`) in the label table, for classifier-free
+    /// guidance; set by training with `train.cfg_dropout` > 0. The original loads such weights
+    /// when constructed with `label_num + 1`.
+    pub null_label: bool,
 }
 
 impl Default for ModelConfig {
@@ -57,6 +61,7 @@ impl Default for ModelConfig {
             label_num: 1,
             emb_size: 64,
             attention: Attention::Auto,
+            null_label: false,
         }
     }
 }
@@ -65,6 +70,11 @@ impl ModelConfig {
     /// Patches per image side, P = I / p.
     pub fn patches_per_side(&self) -> i64 {
         self.img_size / self.patch_size
+    }
+
+    /// Rows of the label table: `label_num`, plus the "no label" row when there is one.
+    pub fn label_rows(&self) -> i64 {
+        self.label_num + i64::from(self.null_label)
     }
 
     /// Tokens per image, L = P².
@@ -166,6 +176,9 @@ pub struct TrainConfig {
     pub histogram_every: i64,
     /// Keep decoded images in memory (as u8) so later epochs decode nothing.
     pub cache_images: bool,
+    /// Probability of replacing a label by the "no label" row during training (classifier-free
+    /// guidance, Ho & Salimans 2022); 0 keeps the original's behaviour and parameter shapes.
+    pub cfg_dropout: f64,
     /// On a non-finite loss or gradient: false stops the run (the last checkpoint stays as it
     /// was), true skips that step with a warning and goes on.
     pub skip_nonfinite: bool,
@@ -234,6 +247,7 @@ impl Default for TrainConfig {
             min_lr: 0.0,
             histogram_every: 100,
             cache_images: true,
+            cfg_dropout: 0.0,
             skip_nonfinite: false,
             preview: PreviewConfig::default(),
         }
@@ -273,6 +287,11 @@ impl TrainConfig {
             self.histogram_every > 0,
             "train.histogram_every must be a positive integer, got {}",
             self.histogram_every
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.cfg_dropout),
+            "train.cfg_dropout must lie in [0, 1), got {}",
+            self.cfg_dropout
         );
         let p = &self.preview;
         ensure!(p.steps > 0, "train.preview.steps must be a positive integer, got {}", p.steps);

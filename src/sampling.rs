@@ -76,12 +76,16 @@ pub struct SampleOptions {
     /// States to return, as indices into the list of states 0 (the noise) … `steps` (the
     /// final images), in the order wanted.
     pub keep: Vec<i64>,
+    /// Classifier-free guidance weight W: ε = ε_uncond + W·(ε_cond − ε_uncond), both from one
+    /// batched forward pass (Ho & Salimans 2022, eq. 6 with w = W − 1). `None` (or W = 1) is
+    /// the plain conditional model; W ≠ 1 needs a model with a "no label" row.
+    pub guidance: Option<f64>,
 }
 
 impl SampleOptions {
     /// `sampler` with its default number of steps for a schedule of `max_t`, keeping nothing.
     pub fn new(sampler: Sampler, max_t: i64) -> Self {
-        Self { sampler, steps: sampler.default_steps(max_t), keep: vec![] }
+        Self { sampler, steps: sampler.default_steps(max_t), keep: vec![], guidance: None }
     }
 }
 
@@ -102,9 +106,18 @@ pub fn sample(
     labels: &Tensor,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let SampleOptions { sampler, steps, ref keep } = *opts;
+    let SampleOptions { sampler, steps, ref keep, guidance } = *opts;
     sampler.check(steps, schedule.max_t)?;
     check_inputs(model, &noise, labels)?;
+    let guidance = guidance.filter(|&w| w != 1.0);
+    if let Some(w) = guidance {
+        ensure!(w.is_finite() && w >= 0.0, "the guidance weight must be a number ≥ 0, got {w}");
+        ensure!(
+            model.config().null_label,
+            "guidance needs a model trained with train.cfg_dropout > 0 (it has no \"no label\" row)"
+        );
+    }
+    let null_labels = labels.full_like(model.config().label_num);
     if let Some(bad) = keep.iter().find(|&&k| !(0..=steps).contains(&k)) {
         anyhow::bail!("state {bad} cannot be kept: there are {} states (0 = the noise)", steps + 1);
     }
@@ -127,7 +140,18 @@ pub fn sample(
         remember(0, &x);
         for (i, &t) in timesteps.iter().enumerate() {
             let t_batch = Tensor::full([batch], t, (Kind::Int64, device)); // (B)
-            let eps = model.forward(&x, labels, &t_batch); // (B, C, I, I)
+            let eps = match guidance {
+                None => model.forward(&x, labels, &t_batch), // (B, C, I, I)
+                Some(w) => {
+                    let both = model.forward(
+                        &Tensor::cat(&[&x, &x], 0),
+                        &Tensor::cat(&[labels, &null_labels], 0),
+                        &Tensor::cat(&[&t_batch, &t_batch], 0),
+                    ); // (2B, C, I, I)
+                    let (cond, uncond) = (both.narrow(0, 0, batch), both.narrow(0, batch, batch));
+                    &uncond + (cond - &uncond) * w
+                }
+            };
             x = match sampler {
                 Sampler::Ddpm => schedule.ddpm_step(&x, &eps, t),
                 Sampler::Ddim { eta } => schedule.ddim_step(&x, &eps, t, timesteps.get(i + 1).copied(), eta),

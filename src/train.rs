@@ -102,6 +102,15 @@ impl Trainer {
         let labels = labels.to_device(self.device);
         let t = Tensor::randint(self.schedule.max_t, [b], (Kind::Int64, Device::Cpu)).to_device(self.device);
         let (xt, noise) = self.schedule.add_noise(&x0, &t);
+        // Classifier-free guidance training: some labels become "no label" (drawn after the
+        // original's draws, and only when enabled, so the original's random order is kept).
+        let p = self.cfg.train.cfg_dropout;
+        let labels = if p > 0.0 {
+            let drop = Tensor::rand([b], (Kind::Float, Device::Cpu)).lt(p).to_device(self.device);
+            labels.masked_fill(&drop, self.cfg.model.label_num)
+        } else {
+            labels
+        };
         let pred = self.model.forward(&xt, &labels, &t);
         let loss = pred.l1_loss(&noise, tch::Reduction::Mean);
         optim::zero_grad(&self.params);
@@ -146,6 +155,9 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
 
     // Resume: the state file is authoritative; its architecture must be the config's.
     let resumed = if state_path.is_file() { Some(state::load(&state_path)?) } else { None };
+    // Label dropout needs the extra "no label" row; once a run has it, it keeps it.
+    cfg.model.null_label |=
+        cfg.train.cfg_dropout > 0.0 || resumed.as_ref().is_some_and(|st| st.meta.config.model.null_label);
     if let Some(st) = &resumed {
         let old = &st.meta.config;
         ensure!(
@@ -280,6 +292,9 @@ fn run_loop(
         dataset.describe(),
         tr.meta.seed
     );
+    if dataset.class_names().len() > 1 {
+        println!("classes (label order): {}", dataset.class_names().join(", "));
+    }
     println!(
         "checkpoints: {} (+ {}); TensorBoard logs: {}",
         tr.weights_path.display(),
@@ -426,7 +441,8 @@ fn preview(tr: &Trainer, tb: &mut Logger, epoch: i64, opts: &RunOptions) -> Resu
         SamplerKind::Ddpm => Sampler::Ddpm,
         SamplerKind::Ddim => Sampler::Ddim { eta: 0.0 },
     };
-    let options = SampleOptions { sampler, steps: p.steps, keep: sampling::progress_indices(p.steps) };
+    let options =
+        SampleOptions { sampler, steps: p.steps, keep: sampling::progress_indices(p.steps), guidance: None };
     // The same noise every time, so previews show training progress, not new draws.
     tch::manual_seed(step_seed(tr.meta.seed, -2));
     let (m, n) = (&cfg.model, p.num);

@@ -59,7 +59,7 @@ fn noise(seed: i64, n: i64) -> Tensor {
 
 fn run(model: &Dit, sampler: Sampler, steps: i64, seed: i64) -> Tensor {
     let schedule = Schedule::new(&tiny_config().diffusion, Device::Cpu);
-    let opts = SampleOptions { sampler, steps, keep: vec![] };
+    let opts = SampleOptions { sampler, steps, keep: vec![], guidance: None };
     let labels = Tensor::from_slice(&[0i64, 1]);
     sampling::sample(model, &schedule, &opts, noise(seed, 2), &labels, &mut |_, _| {}).unwrap().0
 }
@@ -189,7 +189,7 @@ fn ddim_timesteps_are_evenly_spaced_and_include_both_ends() {
 fn sample_keeps_the_states_asked_for() {
     let (_vs, model) = tiny_model(5);
     let schedule = Schedule::new(&tiny_config().diffusion, Device::Cpu);
-    let opts = SampleOptions { sampler: Sampler::Ddpm, steps: 50, keep: vec![50, 0, 25] };
+    let opts = SampleOptions { sampler: Sampler::Ddpm, steps: 50, keep: vec![50, 0, 25], guidance: None };
     let labels = Tensor::from_slice(&[1i64, 1]);
     let mut calls = vec![];
     let (x, kept) = sampling::sample(&model, &schedule, &opts, noise(8, 2), &labels, &mut |done, total| {
@@ -208,12 +208,14 @@ fn sample_keeps_the_states_asked_for() {
             sampling::sample(&model, &schedule, &opts, noise(8, 2), labels, &mut |_, _| {}).unwrap_err()
         )
     };
-    let ddim = |steps, keep| SampleOptions { sampler: Sampler::Ddim { eta: 0.0 }, steps, keep };
+    let ddim =
+        |steps, keep| SampleOptions { sampler: Sampler::Ddim { eta: 0.0 }, steps, keep, guidance: None };
     assert!(bad(ddim(5, vec![6]), &labels).contains("state 6"));
     assert!(bad(ddim(5, vec![]), &Tensor::from_slice(&[0i64, 2])).contains("label 2"));
     assert!(bad(ddim(0, vec![]), &labels).contains("at least 1"));
     assert!(bad(ddim(51, vec![]), &labels).contains("max_t"));
-    assert!(bad(SampleOptions { sampler: Sampler::Ddpm, steps: 10, keep: vec![] }, &labels).contains("ddim"));
+    assert!(bad(SampleOptions { sampler: Sampler::Ddpm, steps: 10, keep: vec![], guidance: None }, &labels)
+        .contains("ddim"));
 }
 
 #[test]

@@ -46,6 +46,10 @@ struct Args {
     /// DDIM's eta: 0 is deterministic, 1 adds DDPM-like noise [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     eta: Option<f64>,
+    /// Classifier-free guidance weight W (ε = ε_uncond + W·(ε_cond − ε_uncond)); 1 = none.
+    /// Needs a model trained with train.cfg_dropout > 0.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    guidance: f64,
     /// Seed of the random numbers (noise drawn as the original draws it).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -126,7 +130,7 @@ fn run(args: &Args) -> Result<()> {
     } else {
         vec![]
     };
-    let opts = SampleOptions { sampler, steps, keep };
+    let opts = SampleOptions { sampler, steps, keep, guidance: Some(args.guidance) };
 
     tch::manual_seed(args.seed as i64);
     let noise = Tensor::randn([args.num, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));

@@ -41,7 +41,7 @@ impl Dit {
             time_emb: TimeEmbedding::new(&time_emb / 0, e),
             time_emb_1: nn::linear(&time_emb / 1, e, e, Default::default()),
             time_emb_3: nn::linear(&time_emb / 3, e, e, Default::default()),
-            label_emb: nn::embedding(vs / "label_emb", cfg.label_num, e, Default::default()),
+            label_emb: nn::embedding(vs / "label_emb", cfg.label_rows(), e, Default::default()),
             model_list: (0..cfg.dit_num).map(|i| DiTBlock::new(&blocks / i, cfg)).collect(),
             ln: nn::layer_norm(vs / "ln", vec![e], Default::default()),
             linear: nn::linear(vs / "linear", e, patch_dim, Default::default()),
@@ -96,7 +96,7 @@ impl std::fmt::Display for Dit {
         writeln!(f, "        (2): {}", lin(e, e))?;
         writeln!(f, "      )\n    )")?;
         writeln!(f, "    (1): {}\n    (2): ReLU()\n    (3): {}\n  )", lin(e, e), lin(e, e))?;
-        writeln!(f, "  (label_emb): Embedding({}, {e})", c.label_num)?;
+        writeln!(f, "  (label_emb): Embedding({}, {e})", c.label_rows())?;
         writeln!(f, "  (model_list): ModuleList(")?;
         writeln!(f, "    (0-{}): {} x DiTBlock(", c.dit_num - 1, c.dit_num)?;
         for m in ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"] {

@@ -1,0 +1,136 @@
+//! Label-conditional generation: label dropout adds a "no label" row that the original can
+//! load (as `label_num + 1`), and classifier-free guidance mixes both predictions.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use dit::config::Config;
+use dit::diffusion::Schedule;
+use dit::sampling::{self, SampleOptions, Sampler};
+use dit::Dit;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+const TINY2: &str = r#"{
+  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16, "label_num": 2},
+  "diffusion": {"max_t": 50},
+  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 1, "data_path": "builtin:pandas2",
+            "cfg_dropout": 0.2, "preview": {"every_epochs": 0}}
+}"#;
+
+fn train(d: &Path, config: &str, extra: &[&str]) -> std::process::Output {
+    std::fs::write(d.join("c.json"), config).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(["--config", "c.json", "--device", "cpu", "--seed", "2", "--logdir", "logs"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn label_dropout_adds_a_no_label_row_the_original_loads_as_label_num_plus_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = train(d, TINY2, &["--checkpoint", "w.pth", "--max-steps", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("classes (label order): panda, red_panda"));
+    let w: std::collections::HashMap<_, _> =
+        dit::checkpoint::read_tensors(&d.join("w.pth")).unwrap().into_iter().collect();
+    assert_eq!(w["label_emb.weight"].size(), [3, 16]);
+    let st = dit::checkpoint::state::load(&d.join("w.pth.state.safetensors")).unwrap();
+    assert!(st.meta.config.model.null_label);
+    assert_eq!(st.meta.classes, ["panda", "red_panda"]);
+    // The Python reference, built as the original with label_num + 1, loads it strictly.
+    let cfg = write_config(
+        d,
+        r#"{"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16, "label_num": 3}"#,
+    );
+    let x = Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let (y, t) = (Tensor::from_slice(&[2i64]), Tensor::from_slice(&[5i64]));
+    Tensor::write_safetensors(&[("x", &x), ("y", &y), ("t", &t), ("target", &x)], d.join("in.safetensors"))
+        .unwrap();
+    golden(&[
+        "forward",
+        "--config",
+        p(&cfg),
+        "--weights",
+        p(&d.join("w.pth")),
+        "--inputs",
+        p(&d.join("in.safetensors")),
+        "--out",
+        p(&d.join("o.safetensors")),
+    ]);
+
+    // Without dropout the shapes stay the original's.
+    let out = train(
+        d,
+        &TINY2.replace(r#""cfg_dropout": 0.2"#, r#""cfg_dropout": 0"#),
+        &["--checkpoint", "plain.ot", "--max-steps", "1"],
+    );
+    assert!(out.status.success());
+    let w: std::collections::HashMap<_, _> =
+        dit::checkpoint::read_tensors(&d.join("plain.ot")).unwrap().into_iter().collect();
+    assert_eq!(w["label_emb.weight"].size(), [2, 16]);
+
+    // More classes than labels is refused.
+    let out = train(d, &TINY2.replace(r#""label_num": 2"#, r#""label_num": 1"#), &["--checkpoint", "x.ot"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("2 classes") && err.contains("label_num is 1"), "{err}");
+
+    // Guidance from the binary: works on this model, refused on one without the extra row.
+    let sample = |ckpt: &str, w: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sample"))
+            .current_dir(d)
+            .args([
+                "--checkpoint",
+                ckpt,
+                "--sampler",
+                "ddim",
+                "--steps",
+                "5",
+                "--num",
+                "2",
+                "--device",
+                "cpu",
+            ])
+            .args(["--label", "red_panda", "--guidance", w, "--out", "s.png"])
+            .output()
+            .unwrap()
+    };
+    let ok = sample("w.pth", "3");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = sample("plain.ot", "3");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("cfg_dropout") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn guidance_weight_zero_is_unconditional_and_one_is_conditional() {
+    let cfg = Config::from_json(TINY2).unwrap();
+    let mut m = cfg.model.clone();
+    m.null_label = true;
+    tch::manual_seed(1);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Dit::new(&vs.root(), &m);
+    let schedule = Schedule::new(&cfg.diffusion, Device::Cpu);
+    let run = |label: i64, guidance: Option<f64>| {
+        let opts = SampleOptions { sampler: Sampler::Ddim { eta: 0.0 }, steps: 10, keep: vec![], guidance };
+        tch::manual_seed(3);
+        let noise = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let labels = Tensor::full([2], label, (Kind::Int64, Device::Cpu));
+        sampling::sample(&model, &schedule, &opts, noise, &labels, &mut |_, _| {}).unwrap().0
+    };
+    // W = 0 ignores the label entirely.
+    assert!(max_abs_diff(&run(0, Some(0.0)), &run(1, Some(0.0))) < 1e-6);
+    // W = 1 is the plain conditional model.
+    assert!(run(1, Some(1.0)).equal(&run(1, None)));
+    // W = 3 depends on the label, and differs from W = 1.
+    assert!(max_abs_diff(&run(0, Some(3.0)), &run(1, Some(3.0))) > 1e-3);
+    assert!(max_abs_diff(&run(1, Some(3.0)), &run(1, None)) > 1e-3);
+}
