@@ -37,7 +37,8 @@ fn main() -> Result<()> {
     println!("training data: panda {r0:.3}, red panda {r1:.3} (threshold {threshold:.3})");
     let mut gen = vec![];
     for (label, path) in args[1..3].iter().enumerate() {
-        let t = Tensor::read_safetensors(path)?.into_iter().find(|(n, _)| n == "images").context("no images")?.1;
+        let t =
+            Tensor::read_safetensors(path)?.into_iter().find(|(n, _)| n == "images").context("no images")?.1;
         let s = statistic(&t);
         let correct = s.iter().filter(|&&x| (x > threshold) == (label == 1)).count();
         let (m, sd) = mean_std(&s);
@@ -45,6 +46,9 @@ fn main() -> Result<()> {
         gen.push((m, sd));
     }
     let pooled = ((gen[0].1.powi(2) + gen[1].1.powi(2)) / 2.0).sqrt();
-    println!("separation (difference of means / pooled std): {:.2}", (gen[1].0 - gen[0].0) / pooled.max(1e-9));
+    println!(
+        "separation (difference of means / pooled std): {:.2}",
+        (gen[1].0 - gen[0].0) / pooled.max(1e-9)
+    );
     Ok(())
 }
