@@ -300,3 +300,22 @@ fn a_checkpoint_of_another_model_or_a_corrupt_state_is_refused_untouched() {
     assert!(one_line_error(&out).contains("w.safetensors"));
     assert_eq!(std::fs::read(d.join("w.safetensors")).unwrap(), b"garbage");
 }
+
+#[test]
+fn a_failing_save_is_an_error_and_keeps_the_previous_checkpoint() {
+    // A full disk and any other write failure take the same path: the temporary file cannot
+    // be written. Here a directory sits where the temporary file must go.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.json"), TINY).unwrap();
+    let imgs = image_folder(d);
+    let base = ["--data", p(&imgs), "--checkpoint", "w.ot", "--logdir", "logs"];
+    assert!(run_train(d, &[&base[..], &["--max-steps", "2"]].concat()).status.success());
+    let (weights, state) =
+        (std::fs::read(d.join("w.ot")).unwrap(), std::fs::read(d.join("w.ot.state.safetensors")).unwrap());
+    std::fs::create_dir(d.join(".tmp-w.ot.state.safetensors")).unwrap();
+    let out = run_train(d, &[&base[..], &["--max-steps", "4"]].concat());
+    assert!(one_line_error(&out).contains("w.ot.state.safetensors"));
+    assert_eq!(std::fs::read(d.join("w.ot")).unwrap(), weights, "the weights changed");
+    assert_eq!(std::fs::read(d.join("w.ot.state.safetensors")).unwrap(), state, "the state changed");
+}
