@@ -161,12 +161,8 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     if let Some(st) = &resumed {
         let old = &st.meta.config;
         ensure!(
-            old.model == cfg.model
-                || (old.model.attention != cfg.model.attention && {
-                    let mut m = old.model.clone();
-                    m.attention = cfg.model.attention;
-                    m == cfg.model
-                }),
+            // How attention is computed is not part of the weights.
+            crate::config::ModelConfig { attention: cfg.model.attention, ..old.model.clone() } == cfg.model,
             "{} was trained with a different model section ({}); use its config or another checkpoint path",
             state_path.display(),
             serde_json::to_string(&old.model)?
