@@ -106,35 +106,11 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
     let d = dir.path();
     std::fs::write(d.join("tiny.json"), TINY).unwrap();
     let imgs = image_folder(d);
-    let base = [
-        "--config",
-        "tiny.json",
-        "--device",
-        "cpu",
-        "--seed",
-        "1",
-        "--data",
-        p(&imgs),
-        "--checkpoint",
-        "w.ot",
-        "--logdir",
-        "logs",
-    ];
-    let ok = Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(d)
-        .args(base)
-        .args(["--max-steps", "2"])
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
+    let base = ["--data", p(&imgs), "--checkpoint", "w.ot", "--logdir", "logs"];
+    assert!(run_train(d, &[&base[..], &["--max-steps", "2"]].concat()).status.success());
     let before = std::fs::read(d.join("w.ot")).unwrap();
     // An absurd learning rate drives the weights, then the loss, to infinity.
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(d)
-        .args(base)
-        .args(["--lr", "1e30", "--max-steps", "200"])
-        .output()
-        .unwrap();
+    let out = run_train(d, &[&base[..], &["--lr", "1e30", "--max-steps", "200"]].concat());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("the loss became") && err.contains("at step"), "{err}");
