@@ -6,6 +6,9 @@
 //!   bench sample   CONFIG SAMPLER STEPS seconds for a whole DDIM/DDPM sample of one image
 //!   bench loader   CONFIG DATA STEPS    share of the step time spent waiting for data, in the
 //!                                       first epoch and after it (cached)
+//!
+//! `BENCH_DEVICE=cuda` measures on the GPU (`scripts/gpu_bench`), `BENCH_PRECISION=bf16` in
+//! mixed precision; the default is the CPU in fp32.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,24 +36,39 @@ struct Setup {
     cfg: Config,
     model: Dit,
     params: Vec<Tensor>,
+    device: Device,
     _vs: VarStore,
 }
 
+/// `BENCH_DEVICE`: `cpu` (default) or `cuda`.
+fn device() -> Result<Device> {
+    match std::env::var("BENCH_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Ok(Device::Cpu),
+        Ok("cuda") if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        Ok(other) => anyhow::bail!("BENCH_DEVICE={other}: not available (cpu, or cuda with a visible GPU)"),
+    }
+}
+
 fn setup(config: &str) -> Result<Setup> {
-    let cfg = Config::load(config)?;
+    let mut cfg = Config::load(config)?;
+    if let Ok(p) = std::env::var("BENCH_PRECISION") {
+        cfg.model.precision = <dit::config::Precision as clap::ValueEnum>::from_str(&p, true)
+            .map_err(|e| anyhow::anyhow!("BENCH_PRECISION={p}: {e}"))?;
+    }
     tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device()?);
     let model = Dit::new(&vs.root(), &cfg.model);
     let params = named_variables(&vs).into_iter().map(|(_, t)| t).collect();
-    Ok(Setup { cfg, model, params, _vs: vs })
+    Ok(Setup { cfg, model, params, device: vs.device(), _vs: vs })
 }
 
 fn train_step(s: &Setup, schedule: &Schedule, adam: &mut Adam, images: &Tensor, labels: &Tensor) -> f64 {
     let b = images.size()[0];
-    let x0 = images.to_kind(Kind::Float) / 255.0 * 2.0 - 1.0;
-    let t = Tensor::randint(schedule.max_t, [b], (Kind::Int64, Device::Cpu));
+    let dev = s.device;
+    let x0 = images.to_device(dev).to_kind(Kind::Float) / 255.0 * 2.0 - 1.0;
+    let t = Tensor::randint(schedule.max_t, [b], (Kind::Int64, dev));
     let (xt, noise) = schedule.add_noise(&x0, &t);
-    let loss = s.model.forward(&xt, labels, &t).l1_loss(&noise, tch::Reduction::Mean);
+    let loss = s.model.forward(&xt, &labels.to_device(dev), &t).l1_loss(&noise, tch::Reduction::Mean);
     optim::zero_grad(&s.params);
     loss.backward();
     let _ = optim::clip_grad_norm(&s.params, s.cfg.train.grad_clip);
@@ -67,7 +85,8 @@ fn run_bench() -> Result<()> {
     let what = args.get(1).context("usage: bench train|forward|sample|loader CONFIG ARG STEPS")?.clone();
     let s = setup(&args[2])?;
     let steps: usize = args[4].parse()?;
-    let schedule = Schedule::new(&s.cfg.diffusion, Device::Cpu);
+    let dev = s.device;
+    let schedule = Schedule::new(&s.cfg.diffusion, dev);
     let m = &s.cfg.model;
     let result = match what.as_str() {
         "train" => {
@@ -86,11 +105,8 @@ fn run_bench() -> Result<()> {
         }
         "forward" => {
             let b: i64 = args[3].parse()?;
-            let x = Tensor::randn([b, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
-            let (y, t) = (
-                Tensor::zeros([b], (Kind::Int64, Device::Cpu)),
-                Tensor::full([b], 500, (Kind::Int64, Device::Cpu)),
-            );
+            let x = Tensor::randn([b, m.channel, m.img_size, m.img_size], (Kind::Float, dev));
+            let (y, t) = (Tensor::zeros([b], (Kind::Int64, dev)), Tensor::full([b], 500, (Kind::Int64, dev)));
             tch::no_grad(|| {
                 let _ = s.model.forward(&x, &y, &t);
                 let start = Instant::now();
@@ -103,10 +119,11 @@ fn run_bench() -> Result<()> {
         "sample" => {
             let sampler = if args[3] == "ddpm" { Sampler::Ddpm } else { Sampler::Ddim { eta: 0.0 } };
             let opts = SampleOptions { sampler, steps: steps as i64, keep: vec![], guidance: None };
-            let noise = Tensor::randn([1, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
-            let labels = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
+            let noise = Tensor::randn([1, m.channel, m.img_size, m.img_size], (Kind::Float, dev));
+            let labels = Tensor::zeros([1], (Kind::Int64, dev));
             let start = Instant::now();
-            let _images = sampling::sample(&s.model, &schedule, &opts, noise, &labels, &mut |_, _| {})?;
+            let (images, _) = sampling::sample(&s.model, &schedule, &opts, noise, &labels, &mut |_, _| {})?;
+            let _ = images.sum(Kind::Float).double_value(&[]); // waits for the device
             serde_json::json!({"seconds": start.elapsed().as_secs_f64()})
         }
         "loader" => {

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, state, state::TrainMeta};
-use crate::config::{Config, SamplerKind};
+use crate::config::{Config, LabelInit, SamplerKind};
 use crate::data::{Dataset, Loader};
 use crate::diffusion::Schedule;
 use crate::optim::{self, Adam, Ema};
@@ -162,7 +162,11 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         let old = &st.meta.config;
         ensure!(
             // How attention is computed is not part of the weights.
-            crate::config::ModelConfig { attention: cfg.model.attention, ..old.model.clone() } == cfg.model,
+            crate::config::ModelConfig {
+                attention: cfg.model.attention,
+                precision: cfg.model.precision,
+                ..old.model.clone()
+            } == cfg.model,
             "{} was trained with a different model section ({}); use its config or another checkpoint path",
             state_path.display(),
             serde_json::to_string(&old.model)?
@@ -212,6 +216,9 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let device = opts.device;
     let mut vs = VarStore::new(device);
     let model = Dit::new(&vs.root(), &cfg.model);
+    if cfg.train.label_init == LabelInit::Shared {
+        model.share_label_rows(); // a resumed or weights-only start overwrites it below
+    }
     let (names, params): (Vec<String>, Vec<Tensor>) = checkpoint::named_variables(&vs).into_iter().unzip();
     let mut adam = Adam::new(&params);
     let mut meta = TrainMeta {

@@ -65,6 +65,9 @@ struct Args {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Arithmetic: fp32, or bf16 mixed precision [default: the checkpoint config's]
+    #[arg(long, value_enum)]
+    precision: Option<dit::config::Precision>,
     /// PNG grid of all images [default: samples.png unless --out-dir or --tensor-out is given]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -114,8 +117,11 @@ fn run(args: &Args) -> Result<()> {
     }
     let device = args.device.resolve()?;
 
-    let loaded =
+    let mut loaded =
         dit::checkpoint::load_for_inference(&args.checkpoint, args.config.as_deref(), !args.no_ema, device)?;
+    if let Some(p) = args.precision {
+        loaded.model.set_precision(p);
+    }
     let (label, label_text) = resolve_label(&args.label, &loaded)?;
     let max_t = loaded.config.diffusion.max_t;
     let steps = args.steps.unwrap_or(sampler.default_steps(max_t));

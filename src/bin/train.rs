@@ -35,6 +35,9 @@ struct Args {
     /// Where to train
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Arithmetic: fp32, or bf16 mixed precision with float32 weights (model.precision)
+    #[arg(long, value_enum)]
+    precision: Option<dit::config::Precision>,
     /// Weights file; the extension picks .ot, .safetensors or .pth (train.model_save_path)
     #[arg(long)]
     checkpoint: Option<String>,
@@ -104,6 +107,9 @@ fn main() -> ExitCode {
         }
         if let Some(v) = args.preview_steps {
             t.preview.steps = v;
+        }
+        if let Some(v) = args.precision {
+            cfg.model.precision = v;
         }
         cfg.validate().context("after applying the command-line flags")?;
         if let Some(m) = args.max_steps {

@@ -4,8 +4,9 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use super::dit_block::{cast, linear};
 use super::{DiTBlock, TimeEmbedding};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Precision};
 
 #[derive(Debug)]
 pub struct Dit {
@@ -49,6 +50,23 @@ impl Dit {
         }
     }
 
+    /// Gives every row of the label table the values of row 0 (`train.label_init = shared`).
+    /// Draws nothing, so the random order of the initialisation stays the original's.
+    pub fn share_label_rows(&self) {
+        let ws = &self.label_emb.ws;
+        let rows = ws.size()[0];
+        if rows > 1 {
+            tch::no_grad(|| {
+                ws.narrow(0, 1, rows - 1).copy_(&ws.narrow(0, 0, 1).expand([rows - 1, -1], false))
+            });
+        }
+    }
+
+    /// Switches the arithmetic of the blocks (`model.precision`); the weights stay float32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.cfg.precision = precision;
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
@@ -66,12 +84,17 @@ impl Dit {
         let x = self.conv.forward(x); // (B, C·p², P, P)
         let x = x.permute([0, 2, 3, 1]).reshape([b, l, c * p * p]); // (B, L, C·p²), row-major patches
         let mut x = self.patch_emb.forward(&x) + &self.position_emb; // (B, L, E)
+        let compute = match self.cfg.precision {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        };
         for block in &self.model_list {
-            x = block.forward(&x, &cond); // (B, L, E)
+            x = block.forward(&x, &cond, compute); // (B, L, E)
         }
-        let x = self.linear.forward(&self.ln.forward(&x)); // (B, L, C·p²)
-                                                           // Unpatchify as the original writes it: channel fastest within a patch, then
-                                                           // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.
+        let x = cast(&linear(&self.linear, &cast(&self.ln.forward(&x), compute)), Kind::Float); // (B, L, C·p²)
+
+        // Unpatchify as the original writes it: channel fastest within a patch, then
+        // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.
         x.view([b, pp, pp, p, p, c])
             .permute([0, 5, 1, 3, 2, 4]) // (B, C, P, p, P, p)
             .reshape([b, c, pp * p, pp * p]) // (B, C, I, I)

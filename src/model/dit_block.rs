@@ -3,7 +3,7 @@
 //! head is `emb_size` wide, and scores are scaled by 1/sqrt(L), not 1/sqrt(head width).
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::config::{Attention, ModelConfig};
 
@@ -54,25 +54,29 @@ impl DiTBlock {
         }
     }
 
-    /// Applies several linears that share an input as one matrix product; the parameters keep
-    /// their own names and shapes, the concatenation costs a few kB per call.
+    /// Applies several linears that share an input as one matrix product, in the input's
+    /// precision; the parameters keep their own names, shapes and float32 values, the
+    /// concatenation costs a few kB per call.
     fn fused_linear(layers: &[nn::Linear], x: &Tensor) -> Tensor {
         let ws: Vec<&Tensor> = layers.iter().map(|l| &l.ws).collect();
         let bs: Vec<&Tensor> = layers.iter().map(|l| l.bs.as_ref().expect("linear has a bias")).collect();
-        x.linear(&Tensor::cat(&ws, 0), Some(Tensor::cat(&bs, 0)))
+        x.linear(&cast(&Tensor::cat(&ws, 0), x.kind()), Some(cast(&Tensor::cat(&bs, 0), x.kind())))
     }
 
-    /// x (B, L, E), cond (B, E) → (B, L, E).
-    pub fn forward(&self, x: &Tensor, cond: &Tensor) -> Tensor {
+    /// x (B, L, E) float32, cond (B, E) float32 → (B, L, E) float32; the products run in
+    /// `compute` (float32, or bfloat16 for mixed precision).
+    pub fn forward(&self, x: &Tensor, cond: &Tensor, compute: Kind) -> Tensor {
         let (b, l, e) = x.size3().expect("DiTBlock input is (B, L, E)");
         let h = self.head;
         let m = Self::fused_linear(&self.modulation, cond).unsqueeze(1).chunk(6, -1); // 6 × (B, 1, E)
         let (gama_1, beita_1, alfa_1) = (&m[0], &m[1], &m[2]);
         let (gama_2, beita_2, alfa_2) = (&m[3], &m[4], &m[5]);
 
-        let u = self.ln_1.forward(x) * (1.0 + gama_1) + beita_1; // (B, L, E)
-                                                                 // chunk (a split) differentiates into one cat; selecting from a permuted 5-D view
-                                                                 // would cost three full-size zero-filled copies in the backward pass.
+        let u: Tensor = self.ln_1.forward(x) * (1.0 + gama_1) + beita_1;
+        let u = cast(&u, compute); // (B, L, E)
+
+        // chunk (a split) differentiates into one cat; selecting from a permuted 5-D view
+        // would cost three full-size zero-filled copies in the backward pass.
         let heads = |t: &Tensor| t.view([b, l, h, e]).transpose(1, 2); // (B, H, L, E)
         let qkv = Self::fused_linear(&self.qkv, &u).chunk(3, -1); // 3 × (B, L, H·E)
         let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
@@ -92,14 +96,32 @@ impl DiTBlock {
             ),
             Attention::Naive | Attention::Auto => {
                 let scores = q.matmul(&k.transpose(-2, -1)) / (l as f64).sqrt(); // (B, H, L, L)
-                scores.softmax(-1, scores.kind()).matmul(&v)
+                cast(&scores.softmax(-1, Kind::Float), compute).matmul(&v)
             }
         }; // (B, H, L, E)
         let o = o.transpose(1, 2).reshape([b, l, h * e]); // (B, L, H·E), head-major
-        let x1 = x + alfa_1 * self.linear_back.forward(&o); // (B, L, E)
+        let x1 = x + alfa_1 * cast(&linear(&self.linear_back, &o), Kind::Float); // (B, L, E)
 
-        let w = self.ln_2.forward(&x1) * (1.0 + gama_2) + beita_2; // (B, L, E)
-        let ff = self.feed_forward_2.forward(&self.feed_forward_0.forward(&w).relu()); // (B, L, E)
-        x1 + alfa_2 * ff
+        let w: Tensor = self.ln_2.forward(&x1) * (1.0 + gama_2) + beita_2;
+        let w = cast(&w, compute); // (B, L, E)
+        let ff = linear(&self.feed_forward_2, &linear(&self.feed_forward_0, &w).relu()); // (B, L, E)
+        x1 + alfa_2 * cast(&ff, Kind::Float)
+    }
+}
+
+/// `layer(x)` in the precision of `x`: the float32 weights are cast for the product (a no-op
+/// in float32), so their gradients arrive in float32.
+pub(crate) fn linear(layer: &nn::Linear, x: &Tensor) -> Tensor {
+    let k = x.kind();
+    x.linear(&cast(&layer.ws, k), layer.bs.as_ref().map(|b| cast(b, k)))
+}
+
+/// `t` in `kind`; the same tensor (no new autograd node) when it already is, so the float32
+/// path keeps exactly the original's graph.
+pub(crate) fn cast(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
     }
 }

@@ -1,7 +1,9 @@
 """The Python side of scripts/bench: the project's reference of the original (naive attention,
-as the original computes it), one measurement per process, printed as a JSON line."""
+as the original computes it), one measurement per process, printed as a JSON line.
+BENCH_DEVICE=cuda measures on the GPU (scripts/gpu_bench); the default is the CPU."""
 
 import json
+import os
 import resource
 import sys
 import time
@@ -16,20 +18,22 @@ def main():
     with open(config) as f:
         cfg = json.load(f)
     m, d = cfg.get("model", {}), cfg.get("diffusion", {})
+    dev = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
     torch.manual_seed(0)
-    model = reference.build(m)
+    model = reference.build(m).to(dev)
     size, channel = m.get("img_size", 256), m.get("channel", 3)
     out = {}
     if what == "train":
         b = int(arg)
         diffusion = reference.Diffusion(**d)
+        diffusion.alphas_cumprod = diffusion.alphas_cumprod.to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.get("train", {}).get("lr", 1e-6))
         images = torch.randint(0, 256, (b, channel, size, size), dtype=torch.uint8)
-        y = torch.zeros(b, dtype=torch.long)
+        y = torch.zeros(b, dtype=torch.long, device=dev)
 
         def step():
-            x = images.float() / 255 * 2 - 1
-            t = torch.randint(0, diffusion.max_t, (b,))
+            x = images.to(dev).float() / 255 * 2 - 1
+            t = torch.randint(0, diffusion.max_t, (b,), device=dev)
             xt, noise = diffusion.add_noise(x, t)
             loss = torch.nn.functional.l1_loss(noise, model(xt, y, t))
             opt.zero_grad()
@@ -45,8 +49,8 @@ def main():
         out = {"seconds_per_step": per, "images_per_sec": b / per}
     elif what == "forward":
         b = int(arg)
-        x = torch.randn(b, channel, size, size)
-        y, t = torch.zeros(b, dtype=torch.long), torch.full((b,), 500)
+        x = torch.randn(b, channel, size, size, device=dev)
+        y, t = torch.zeros(b, dtype=torch.long, device=dev), torch.full((b,), 500, device=dev)
         with torch.no_grad():
             model(x, y, t)
             start = time.perf_counter()
