@@ -198,6 +198,49 @@ fn check_inputs(model: &Dit, noise: &Tensor, labels: &Tensor) -> Result<()> {
 /// included. For other T the stride is ceil(T/16), shortened to floor(T/15) where needed so
 /// that all 16 fit (T − 15·stride ≥ 0, true for T ≥ 225), and at least 1; only T < 15 gives
 /// fewer than 16 states (then all of 0…T).
+/// [`sample`] over `noise` (N, C, I, I) and `labels` (N), both on the CPU, `batch_size` images
+/// per call on the model's device. Returns the images (N, C, I, I) and the kept states (each
+/// (N, C, I, I)), on the CPU. `progress` receives the denoising steps done over all batches.
+pub fn sample_in_batches(
+    model: &Dit,
+    schedule: &Schedule,
+    opts: &SampleOptions,
+    noise: &Tensor,
+    labels: &Tensor,
+    batch_size: i64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let device = schedule.alphas_cumprod.device();
+    let n = noise.size()[0];
+    let (mut images, mut kept) = (vec![], vec![]);
+    for (chunk, start) in (0..n).step_by(batch_size.max(1) as usize).enumerate() {
+        let len = batch_size.min(n - start);
+        let offset = chunk as u64 * opts.steps as u64;
+        let (out, states) = sample(
+            model,
+            schedule,
+            opts,
+            noise.narrow(0, start, len).to_device(device),
+            &labels.narrow(0, start, len).to_device(device),
+            &mut |done, _| progress(offset + done as u64),
+        )?;
+        images.push(out.to_device(Device::Cpu));
+        kept.push(states.iter().map(|s| s.to_device(Device::Cpu)).collect::<Vec<_>>());
+    }
+    let states = (0..kept.first().map_or(0, Vec::len))
+        .map(|s| Tensor::cat(&kept.iter().map(|c| &c[s]).collect::<Vec<_>>(), 0))
+        .collect();
+    Ok((Tensor::cat(&images, 0), states))
+}
+
+/// The `--progress` picture: one row per image, one column per kept state (each (N, C, I, I)).
+pub fn progress_grid(states: &[Tensor]) -> RgbImage {
+    let grid = Tensor::stack(states, 1); // (N, S, C, I, I)
+    let size = grid.size();
+    let tiles = grid.reshape([size[0] * size[1], size[2], size[3], size[4]]); // (N·S, C, I, I), row-major
+    to_image_grid(&tiles, size[1], Normalize::Fixed)
+}
+
 pub fn progress_indices(max_t: i64) -> Vec<i64> {
     let n = PREVIEW_STATES;
     let stride = ((max_t + n - 1) / n).min(max_t / (n - 1)).max(1);

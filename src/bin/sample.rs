@@ -8,12 +8,11 @@
 //! the same initial noise but draw the per-step noise batch after batch.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
-use dit::checkpoint::Loaded;
 use dit::cli::DeviceArg;
 use dit::diffusion::Schedule;
 use dit::sampling::{self, Normalize, SampleOptions, Sampler};
@@ -122,7 +121,7 @@ fn run(args: &Args) -> Result<()> {
     if let Some(p) = args.precision {
         loaded.model.set_precision(p);
     }
-    let (label, label_text) = resolve_label(&args.label, &loaded)?;
+    let (label, label_text) = loaded.resolve_label(&args.label)?;
     let max_t = loaded.config.diffusion.max_t;
     let steps = args.steps.unwrap_or(sampler.default_steps(max_t));
     let sampler_name = args.sampler.to_possible_value().expect("no skipped variants").get_name().to_string();
@@ -140,24 +139,19 @@ fn run(args: &Args) -> Result<()> {
 
     tch::manual_seed(args.seed as i64);
     let noise = Tensor::randn([args.num, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
+    let labels = Tensor::full([args.num], label, (Kind::Int64, Device::Cpu));
     let chunks = (args.num + batch_size - 1) / batch_size;
     let mut bar = Progress::new(steps as u64 * chunks as u64);
-    let mut images = vec![];
-    let mut kept: Vec<Vec<Tensor>> = vec![];
-    for chunk in 0..chunks {
-        let start = chunk * batch_size;
-        let len = batch_size.min(args.num - start);
-        let x = noise.narrow(0, start, len).to_device(device);
-        let labels = Tensor::full([len], label, (Kind::Int64, device));
-        let offset = chunk as u64 * steps as u64;
-        let (out, states) = sampling::sample(&loaded.model, &schedule, &opts, x, &labels, &mut |done, _| {
-            bar.set(offset + done as u64)
-        })?;
-        images.push(out.to_device(Device::Cpu));
-        kept.push(states.iter().map(|s| s.to_device(Device::Cpu)).collect());
-    }
+    let (images, kept) = sampling::sample_in_batches(
+        &loaded.model,
+        &schedule,
+        &opts,
+        &noise,
+        &labels,
+        batch_size,
+        &mut |done| bar.set(done),
+    )?;
     bar.finish();
-    let images = Tensor::cat(&images, 0); // (N, C, I, I)
     println!(
         "sampled {} image(s) of label {label_text} with {sampler_name} ({steps} steps{}), seed {}, on {device:?}",
         args.num,
@@ -171,32 +165,7 @@ fn run(args: &Args) -> Result<()> {
     write_outputs(args, &images, &kept)
 }
 
-/// A label number, or a class name looked up in the checkpoint's classes; with its display text.
-fn resolve_label(arg: &str, loaded: &Loaded) -> Result<(i64, String)> {
-    let label_num = loaded.config.model.label_num;
-    let label = match arg.parse::<i64>() {
-        Ok(n) => n,
-        Err(_) => match loaded.classes.iter().position(|c| c == arg) {
-            Some(i) => i as i64,
-            None if loaded.classes.is_empty() => bail!(
-                "--label {arg:?}: not a number, and the checkpoint records no class names; give a label in 0..{label_num}"
-            ),
-            None => bail!("--label {arg:?}: no such class; the checkpoint's classes are {}", loaded.classes.join(", ")),
-        },
-    };
-    ensure!(
-        (0..label_num).contains(&label),
-        "--label {label}: out of range, the model has {label_num} label(s) (0..={})",
-        label_num - 1
-    );
-    let text = match loaded.classes.get(label as usize) {
-        Some(name) => format!("{label} ({name})"),
-        None => label.to_string(),
-    };
-    Ok((label, text))
-}
-
-fn write_outputs(args: &Args, images: &Tensor, kept: &[Vec<Tensor>]) -> Result<()> {
+fn write_outputs(args: &Args, images: &Tensor, kept: &[Tensor]) -> Result<()> {
     let num = images.size()[0];
     let default_out =
         (args.out_dir.is_none() && args.tensor_out.is_none()).then(|| PathBuf::from("samples.png"));
@@ -212,7 +181,7 @@ fn write_outputs(args: &Args, images: &Tensor, kept: &[Vec<Tensor>]) -> Result<(
         println!("wrote {num} PNG file(s) to {}", dir.display());
     }
     if let Some(path) = &args.progress {
-        write_progress(path, kept)?;
+        sampling::save_png(&sampling::progress_grid(kept), path)?;
         println!("wrote {} (denoising progress)", path.display());
     }
     if let Some(path) = &args.tensor_out {
@@ -220,17 +189,6 @@ fn write_outputs(args: &Args, images: &Tensor, kept: &[Vec<Tensor>]) -> Result<(
         println!("wrote {} (\"images\", float32 in [-1, 1])", path.display());
     }
     Ok(())
-}
-
-/// One row per image, one column per kept state. `kept[chunk][state]` is (b, C, I, I).
-fn write_progress(path: &Path, kept: &[Vec<Tensor>]) -> Result<()> {
-    let columns = kept[0].len() as i64;
-    let states: Vec<Tensor> =
-        (0..kept[0].len()).map(|s| Tensor::cat(&kept.iter().map(|c| &c[s]).collect::<Vec<_>>(), 0)).collect();
-    let grid = Tensor::stack(&states, 1); // (N, S, C, I, I)
-    let size = grid.size();
-    let tiles = grid.reshape([size[0] * size[1], size[2], size[3], size[4]]); // (N·S, C, I, I), row-major
-    sampling::save_png(&sampling::to_image_grid(&tiles, columns, Normalize::Fixed), path)
 }
 
 /// A bar on a terminal; plain lines every tenth of the work otherwise.

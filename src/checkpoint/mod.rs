@@ -197,6 +197,36 @@ pub struct Loaded {
     pub description: String,
 }
 
+impl Loaded {
+    /// `--label`'s value: a label number, or a class name looked up in the checkpoint's
+    /// classes; with its display text ("1 (red_panda)").
+    pub fn resolve_label(&self, arg: &str) -> Result<(i64, String)> {
+        let label_num = self.config.model.label_num;
+        let label = match arg.parse::<i64>() {
+            Ok(n) => n,
+            Err(_) => match self.classes.iter().position(|c| c == arg) {
+                Some(i) => i as i64,
+                None if self.classes.is_empty() => bail!(
+                    "--label {arg:?}: not a number, and the checkpoint records no class names; give a label in 0..{label_num}"
+                ),
+                None => {
+                    bail!("--label {arg:?}: no such class; the checkpoint's classes are {}", self.classes.join(", "))
+                }
+            },
+        };
+        anyhow::ensure!(
+            (0..label_num).contains(&label),
+            "--label {label}: out of range, the model has {label_num} label(s) (0..={})",
+            label_num - 1
+        );
+        let text = match self.classes.get(label as usize) {
+            Some(name) => format!("{label} ({name})"),
+            None => label.to_string(),
+        };
+        Ok((label, text))
+    }
+}
+
 /// Loads a model for inference from a weight file (`.ot`, `.safetensors`, `.pth`) or a
 /// training-state file. When a training state sits beside the weight file (or is named), its
 /// config is used and, with `ema`, its EMA weights; otherwise the config comes from `config`
