@@ -49,20 +49,7 @@ fn label_dropout_adds_a_no_label_row_the_original_loads_as_label_num_plus_one() 
         r#"{"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16, "label_num": 3}"#,
     );
     let x = Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu));
-    let (y, t) = (Tensor::from_slice(&[2i64]), Tensor::from_slice(&[5i64]));
-    Tensor::write_safetensors(&[("x", &x), ("y", &y), ("t", &t), ("target", &x)], d.join("in.safetensors"))
-        .unwrap();
-    golden(&[
-        "forward",
-        "--config",
-        p(&cfg),
-        "--weights",
-        p(&d.join("w.pth")),
-        "--inputs",
-        p(&d.join("in.safetensors")),
-        "--out",
-        p(&d.join("o.safetensors")),
-    ]);
+    python_forward(d, &cfg, &d.join("w.pth"), &x, 2, 5);
 
     // Without dropout the shapes stay the original's.
     let out = train(

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use common::*;
 use dit::config::{Attention, ModelConfig, Precision};
 use dit::Dit;
@@ -71,17 +68,6 @@ const TINY: &str = r#"{
             "epoch": 3, "preview": {"every_epochs": 0}}
 }"#;
 
-fn run(bin: &str, dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(bin).current_dir(dir).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn bf16_training_saves_float32_weights_resumes_in_fp32_and_samples_close_to_fp32() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,19 +75,19 @@ fn bf16_training_saves_float32_weights_resumes_in_fp32_and_samples_close_to_fp32
     std::fs::write(d.join("c.json"), TINY).unwrap();
     let train = env!("CARGO_BIN_EXE_train");
     let common = ["--config", "c.json", "--device", "cpu", "--seed", "3", "--checkpoint", "w.safetensors"];
-    run(train, d, &[&common[..], &["--precision", "bf16", "--max-steps", "3"]].concat());
+    run_ok(train, d, &[&common[..], &["--precision", "bf16", "--max-steps", "3"]].concat());
     for (name, w) in read(&d.join("w.safetensors")) {
         assert_eq!(w.kind(), Kind::Float, "{name}");
         assert!(bool::try_from(w.isfinite().all()).unwrap(), "{name} not finite");
     }
     // The precision is not part of the weights: the run resumes in fp32.
-    let out = run(train, d, &[&common[..], &["--max-steps", "5"]].concat());
+    let out = run_ok(train, d, &[&common[..], &["--max-steps", "5"]].concat());
     assert!(String::from_utf8_lossy(&out.stdout).contains("resuming from"));
 
     let sample = env!("CARGO_BIN_EXE_sample");
     let draw = |precision: &str, file: &str| {
         let args = ["--checkpoint", "w.safetensors", "--device", "cpu", "--sampler", "ddim", "--steps", "10"];
-        run(
+        run_ok(
             sample,
             d,
             &[&args[..], &["--num", "4", "--precision", precision, "--tensor-out", file]].concat(),

@@ -23,19 +23,8 @@ fn train(dir: &Path, extra: &[&str]) -> Output {
     if !cfg.exists() {
         std::fs::write(&cfg, TINY).unwrap();
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(dir)
-        .args(["--config", p(&cfg), "--device", "cpu", "--seed", "5"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "train {extra:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let args = [&["--config", p(&cfg), "--device", "cpu", "--seed", "5"][..], extra].concat();
+    run_ok(env!("CARGO_BIN_EXE_train"), dir, &args)
 }
 
 fn weights(path: &Path) -> Vec<(String, Tensor)> {
@@ -133,20 +122,7 @@ fn full_epochs_log_every_tag_and_previews() {
     let cfg = d.join("tiny.json");
     tch::manual_seed(0);
     let x = Tensor::randn([1, 3, 16, 16], (Kind::Float, Device::Cpu));
-    let (y, t) = (Tensor::from_slice(&[0i64]), Tensor::from_slice(&[10i64]));
-    Tensor::write_safetensors(&[("x", &x), ("y", &y), ("t", &t), ("target", &x)], d.join("in.safetensors"))
-        .unwrap();
-    golden(&[
-        "forward",
-        "--config",
-        p(&cfg),
-        "--weights",
-        p(&d.join("w.pth")),
-        "--inputs",
-        p(&d.join("in.safetensors")),
-        "--out",
-        p(&d.join("o.safetensors")),
-    ]);
+    python_forward(d, &cfg, &d.join("w.pth"), &x, 0, 10);
 }
 
 #[test]

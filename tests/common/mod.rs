@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use tch::Tensor;
 
@@ -51,4 +51,37 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     let denom = b.norm().double_value(&[]);
     (a - b).norm().double_value(&[]) / denom.max(1e-30)
+}
+
+/// Runs the binary `bin` in `dir` with `args`; panics with its stdout and stderr unless it
+/// succeeds.
+pub fn run_ok(bin: &str, dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(bin).current_dir(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{bin} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The Python reference, built from `cfg`, loads `weights` strictly and runs one forward pass
+/// on `x` (1, C, I, I) with label `y` at step `t` (files go to `dir`); panics if it cannot.
+pub fn python_forward(dir: &Path, cfg: &Path, weights: &Path, x: &Tensor, y: i64, t: i64) {
+    let (y, t) = (Tensor::from_slice(&[y]), Tensor::from_slice(&[t]));
+    let inputs = dir.join("in.safetensors");
+    Tensor::write_safetensors(&[("x", x), ("y", &y), ("t", &t), ("target", x)], &inputs).unwrap();
+    let out = dir.join("o.safetensors");
+    golden(&[
+        "forward",
+        "--config",
+        p(cfg),
+        "--weights",
+        p(weights),
+        "--inputs",
+        p(&inputs),
+        "--out",
+        p(&out),
+    ]);
 }
