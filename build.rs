@@ -1,6 +1,6 @@
 //! Links the binaries against the libtorch that `scripts/setup` installed (LIBTORCH, set by
 //! `.cargo/config.toml`): a run path so they start without LD_LIBRARY_PATH, `libtorch_cuda`
-//! kept with `--no-as-needed` so CUDA is really usable (REFERENCE.md §6), and the small C++
+//! kept with `--no-as-needed` so CUDA is really usable (docs/ORIGINAL.md §6), and the small C++
 //! shim that writes `.pth` files with libtorch's own serializer.
 
 use std::env;

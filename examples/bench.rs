@@ -10,17 +10,18 @@
 //! `BENCH_DEVICE=cuda` measures on the GPU (`scripts/gpu_bench`), `BENCH_PRECISION=bf16` in
 //! mixed precision; the default is the CPU in fp32.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use dit::checkpoint::named_variables;
+use dit::checkpoint::state::TrainMeta;
 use dit::data::{Dataset, Loader};
 use dit::diffusion::Schedule;
-use dit::optim::{self, Adam};
-use dit::sampling::{self, SampleOptions, Sampler};
-use dit::{Config, Dit};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use dit::sampling::{self, SampleOptions, SamplerKind};
+use dit::train::Trainer;
+use dit::Config;
+use tch::{Device, Kind, Tensor};
 
 /// Peak resident set size of this process, in bytes (VmHWM).
 fn peak_rss() -> u64 {
@@ -32,14 +33,6 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-struct Setup {
-    cfg: Config,
-    model: Dit,
-    params: Vec<Tensor>,
-    device: Device,
-    _vs: VarStore,
-}
-
 /// `BENCH_DEVICE`: `cpu` (default) or `cuda`.
 fn device() -> Result<Device> {
     match std::env::var("BENCH_DEVICE").as_deref() {
@@ -49,31 +42,25 @@ fn device() -> Result<Device> {
     }
 }
 
-fn setup(config: &str) -> Result<Setup> {
+/// The trainer the `train` command would build for `config` (seed 0, nothing on disk).
+fn setup(config: &str) -> Result<Trainer> {
     let mut cfg = Config::load(config)?;
     if let Ok(p) = std::env::var("BENCH_PRECISION") {
-        cfg.model.precision = <dit::config::Precision as clap::ValueEnum>::from_str(&p, true)
+        cfg.runtime.precision = <dit::config::Precision as clap::ValueEnum>::from_str(&p, true)
             .map_err(|e| anyhow::anyhow!("BENCH_PRECISION={p}: {e}"))?;
     }
-    tch::manual_seed(0);
-    let vs = VarStore::new(device()?);
-    let model = Dit::new(&vs.root(), &cfg.model);
-    let params = named_variables(&vs).into_iter().map(|(_, t)| t).collect();
-    Ok(Setup { cfg, model, params, device: vs.device(), _vs: vs })
+    let meta = TrainMeta { step: 0, epoch: 0, batch_in_epoch: 0, seed: 0, classes: vec![], config: cfg };
+    Ok(Trainer::new(meta, device()?, PathBuf::from("unused.ot")))
 }
 
-fn train_step(s: &Setup, schedule: &Schedule, adam: &mut Adam, images: &Tensor, labels: &Tensor) -> f64 {
-    let b = images.size()[0];
-    let dev = s.device;
-    let x0 = images.to_device(dev).to_kind(Kind::Float) / 255.0 * 2.0 - 1.0;
-    let t = Tensor::randint(schedule.max_t, [b], (Kind::Int64, dev));
-    let (xt, noise) = schedule.add_noise(&x0, &t);
-    let loss = s.model.forward(&xt, &labels.to_device(dev), &t).l1_loss(&noise, tch::Reduction::Mean);
-    optim::zero_grad(&s.params);
-    loss.backward();
-    let _ = optim::clip_grad_norm(&s.params, s.cfg.train.grad_clip);
-    adam.step(&s.params, s.cfg.train.lr);
-    loss.double_value(&[])
+/// One step of the trainer, exactly as `train` runs it: draws, forward, backward, clipping,
+/// Adam and the EMA; the loss is read back as the trainer does for its log.
+fn train_step(tr: &mut Trainer, images: &Tensor, labels: &Tensor) -> f64 {
+    let lr = dit::optim::learning_rate(&tr.config().train, tr.meta.step, i64::MAX);
+    let out = tr.step(images, labels);
+    tr.apply(lr);
+    tr.meta.step += 1;
+    out.loss.double_value(&[])
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,22 +70,22 @@ fn main() -> std::process::ExitCode {
 fn run_bench() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).context("usage: bench train|forward|sample|loader CONFIG ARG STEPS")?.clone();
-    let s = setup(&args[2])?;
+    let mut tr = setup(&args[2])?;
     let steps: usize = args[4].parse()?;
-    let dev = s.device;
-    let schedule = Schedule::new(&s.cfg.diffusion, dev);
-    let m = &s.cfg.model;
+    let dev = tr.device();
+    let schedule = Schedule::new(&tr.config().diffusion, dev);
+    let cfg = tr.config().clone();
+    let m = &cfg.model;
     let result = match what.as_str() {
         "train" => {
             let b: i64 = args[3].parse()?;
             let images =
                 Tensor::randint(256, [b, m.channel, m.img_size, m.img_size], (Kind::Uint8, Device::Cpu));
             let labels = Tensor::zeros([b], (Kind::Int64, Device::Cpu));
-            let mut adam = Adam::new(&s.params);
-            train_step(&s, &schedule, &mut adam, &images, &labels);
+            train_step(&mut tr, &images, &labels);
             let start = Instant::now();
             for _ in 0..steps {
-                train_step(&s, &schedule, &mut adam, &images, &labels);
+                train_step(&mut tr, &images, &labels);
             }
             let per = start.elapsed().as_secs_f64() / steps as f64;
             serde_json::json!({"seconds_per_step": per, "images_per_sec": b as f64 / per})
@@ -108,33 +95,28 @@ fn run_bench() -> Result<()> {
             let x = Tensor::randn([b, m.channel, m.img_size, m.img_size], (Kind::Float, dev));
             let (y, t) = (Tensor::zeros([b], (Kind::Int64, dev)), Tensor::full([b], 500, (Kind::Int64, dev)));
             tch::no_grad(|| {
-                let _ = s.model.forward(&x, &y, &t);
+                let _ = tr.model().forward(&x, &y, &t);
                 let start = Instant::now();
                 for _ in 0..steps {
-                    let _ = s.model.forward(&x, &y, &t).sum(Kind::Float).double_value(&[]);
+                    let _ = tr.model().forward(&x, &y, &t).sum(Kind::Float).double_value(&[]);
                 }
                 serde_json::json!({"seconds": start.elapsed().as_secs_f64() / steps as f64})
             })
         }
         "sample" => {
-            let sampler = if args[3] == "ddpm" { Sampler::Ddpm } else { Sampler::Ddim { eta: 0.0 } };
-            let opts = SampleOptions { sampler, steps: steps as i64, keep: vec![], guidance: None };
+            let sampler = if args[3] == "ddpm" { SamplerKind::Ddpm } else { SamplerKind::Ddim };
+            let opts = SampleOptions { sampler, steps: steps as i64, eta: 0.0, keep: vec![], guidance: None };
             let noise = Tensor::randn([1, m.channel, m.img_size, m.img_size], (Kind::Float, dev));
             let labels = Tensor::zeros([1], (Kind::Int64, dev));
             let start = Instant::now();
-            let (images, _) = sampling::sample(&s.model, &schedule, &opts, noise, &labels, &mut |_, _| {})?;
+            let (images, _) = sampling::sample(tr.model(), &schedule, &opts, noise, &labels, &mut |_, _| {})?;
             let _ = images.sum(Kind::Float).double_value(&[]); // waits for the device
             serde_json::json!({"seconds": start.elapsed().as_secs_f64()})
         }
         "loader" => {
             let dataset = Arc::new(Dataset::open(&args[3], m.img_size)?);
-            let loader = Loader::new(
-                dataset,
-                s.cfg.train.batch_size as usize,
-                s.cfg.train.num_workers as usize,
-                true,
-            )?;
-            let mut adam = Adam::new(&s.params);
+            let loader =
+                Loader::new(dataset, cfg.train.batch_size as usize, cfg.train.num_workers as usize, true)?;
             let mut measure = |epoch: u64, train: bool| -> Result<(f64, usize)> {
                 let (mut wait, mut n) = (Duration::ZERO, 0);
                 let start = Instant::now();
@@ -143,7 +125,7 @@ fn run_bench() -> Result<()> {
                     wait += batch.wait;
                     n += 1;
                     if train {
-                        train_step(&s, &schedule, &mut adam, &batch.images, &batch.labels);
+                        train_step(&mut tr, &batch.images, &batch.labels);
                         if n == steps {
                             break;
                         }

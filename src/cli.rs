@@ -1,10 +1,12 @@
 //! What the binaries share: one-line errors with a non-zero exit code instead of anyhow's
-//! multi-line report, and the `--device` choice.
+//! multi-line report, the `--device` choice, and the flags that override config fields.
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tch::Device;
+
+use crate::config::{Attention, Config, Precision, SamplerKind};
 
 /// Largest allocation glibc serves from the heap instead of a fresh mmap (its maximum).
 const MMAP_THRESHOLD: i32 = 32 << 20;
@@ -54,5 +56,75 @@ impl DeviceArg {
                 bail!("--device cuda: no CUDA device is available (tch::Cuda::is_available() is false)")
             }
         }
+    }
+}
+
+/// The `train` flags that override fields of the config, each named after its field.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TrainOverrides {
+    /// Image folder, or builtin:pandas / builtin:pandas2 (train.data_path)
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Number of epochs (train.epoch)
+    #[arg(long)]
+    pub epochs: Option<i64>,
+    /// Images per step (train.batch_size)
+    #[arg(long)]
+    pub batch_size: Option<i64>,
+    /// Learning rate (train.lr)
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of every random draw; the same seed gives the same weights on the CPU (train.seed)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Weights file; the extension picks .ot, .safetensors or .pth (train.model_save_path)
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// TensorBoard log folder (train.logdir)
+    #[arg(long)]
+    pub logdir: Option<String>,
+    /// Decoding threads (train.num_workers)
+    #[arg(long)]
+    pub num_workers: Option<i64>,
+    /// Preview every N epochs, 0 = off (train.preview.every_epochs)
+    #[arg(long)]
+    pub preview_every: Option<i64>,
+    /// Preview sampler (train.preview.sampler)
+    #[arg(long, value_enum)]
+    pub preview_sampler: Option<SamplerKind>,
+    /// Preview denoising steps (train.preview.steps)
+    #[arg(long)]
+    pub preview_steps: Option<i64>,
+    /// Arithmetic: fp32, or bf16 mixed precision with float32 weights (runtime.precision)
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Attention kernel (runtime.attention)
+    #[arg(long, value_enum)]
+    pub attention: Option<Attention>,
+}
+
+impl TrainOverrides {
+    /// Writes every given flag into `cfg`, then validates the result.
+    pub fn apply(&self, cfg: &mut Config) -> Result<()> {
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        }
+        let t = &mut cfg.train;
+        set(&mut t.data_path, &self.data);
+        set(&mut t.epoch, &self.epochs);
+        set(&mut t.batch_size, &self.batch_size);
+        set(&mut t.lr, &self.lr);
+        set(&mut t.seed, &self.seed.map(Some));
+        set(&mut t.model_save_path, &self.checkpoint);
+        set(&mut t.logdir, &self.logdir);
+        set(&mut t.num_workers, &self.num_workers);
+        set(&mut t.preview.every_epochs, &self.preview_every);
+        set(&mut t.preview.sampler, &self.preview_sampler);
+        set(&mut t.preview.steps, &self.preview_steps);
+        set(&mut cfg.runtime.precision, &self.precision);
+        set(&mut cfg.runtime.attention, &self.attention);
+        cfg.validate().context("after applying the command-line flags")
     }
 }

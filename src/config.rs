@@ -1,5 +1,5 @@
 //! The run configuration: `config.json`, one serde struct per section, with the original's
-//! names and default values (REFERENCE.md §1). Validation happens once, at load, and every
+//! names and default values (docs/ORIGINAL.md §1). Validation happens once, at load, and every
 //! error names the offending field.
 
 use std::path::Path;
@@ -26,7 +26,7 @@ pub const DEFAULT_PATH: &str = "config.json";
 
 /// How attention is computed. Both give the original's numbers (the parity tests run both);
 /// they differ only in speed and memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Attention {
     /// `naive` on the CPU below 256 tokens, where it is faster; `fused` otherwise.
@@ -56,10 +56,6 @@ pub struct ModelConfig {
     pub label_num: i64,
     /// Token width.
     pub emb_size: i64,
-    /// How attention is computed (not part of the weights).
-    pub attention: Attention,
-    /// `fp32` (the original's) or `bf16` mixed precision (not part of the weights).
-    pub precision: Precision,
     /// One extra "no label" row (index `label_num`) in the label table, for classifier-free
     /// guidance; set by training with `train.cfg_dropout` > 0. The original loads such weights
     /// when constructed with `label_num + 1`.
@@ -76,8 +72,6 @@ impl Default for ModelConfig {
             head: 6,
             label_num: 1,
             emb_size: 64,
-            attention: Attention::Auto,
-            precision: Precision::Fp32,
             null_label: false,
         }
     }
@@ -121,7 +115,7 @@ impl ModelConfig {
     }
 }
 
-/// The DDPM noise schedule (REFERENCE.md §4).
+/// The DDPM noise schedule (docs/ORIGINAL.md §4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiffusionConfig {
@@ -232,15 +226,25 @@ pub enum LabelInit {
     Independent,
 }
 
-/// Samplers, for previews and the `sample` command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Samplers, for previews and the `sample` command (its behaviour: `crate::sampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
-    /// The original's ancestral sampler over all `max_t` steps.
+    /// The original's ancestral sampler (DDPM), all max_t steps.
     Ddpm,
-    /// DDIM over a respaced schedule: far fewer steps, same model.
+    /// DDIM over a subset of the steps of the same model.
     #[default]
     Ddim,
+}
+
+impl SamplerKind {
+    /// The name the config and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ddpm => "ddpm",
+            Self::Ddim => "ddim",
+        }
+    }
 }
 
 /// The preview sample after epochs. The original draws a full 1000-step DDPM sample after
@@ -341,13 +345,74 @@ impl TrainConfig {
     }
 }
 
-/// The whole `config.json`. Every section, and every field in it, may be left out.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// How the model is computed: choices that change speed, memory and rounding but not the
+/// weights, so a checkpoint resumes or samples under any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The attention kernel.
+    pub attention: Attention,
+    /// `fp32` (the original's) or `bf16` mixed precision.
+    pub precision: Precision,
+}
+
+/// The whole `config.json`. Every section, and every field in it, may be left out.
+///
+/// Files written before the `runtime` section existed kept `attention` and `precision` in
+/// `model`; they still load, the two fields moving to `runtime` (an error only when both
+/// places name different values).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct Config {
     pub model: ModelConfig,
     pub diffusion: DiffusionConfig,
     pub train: TrainConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// The sections as the file spells them (see [`Config`] for the legacy fields).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Sections {
+    model: ModelConfig,
+    diffusion: DiffusionConfig,
+    train: TrainConfig,
+    runtime: RuntimeConfig,
+}
+
+impl Default for Sections {
+    fn default() -> Self {
+        let Config { model, diffusion, train, runtime } = Config::default();
+        Self { model, diffusion, train, runtime }
+    }
+}
+
+impl TryFrom<serde_json::Value> for Config {
+    type Error = String;
+
+    fn try_from(mut value: serde_json::Value) -> Result<Self, String> {
+        let legacy: Vec<(&str, serde_json::Value)> = ["attention", "precision"]
+            .into_iter()
+            .filter_map(|k| Some((k, value.get_mut("model")?.as_object_mut()?.remove(k)?)))
+            .collect();
+        if let (false, Some(root)) = (legacy.is_empty(), value.as_object_mut()) {
+            let runtime = root.entry("runtime").or_insert_with(|| serde_json::json!({}));
+            let runtime = runtime.as_object_mut().ok_or("runtime: expected a JSON object")?;
+            for (key, old) in legacy {
+                match runtime.get(key) {
+                    Some(new) if *new != old => {
+                        return Err(format!(
+                            "model.{key} ({old}) and runtime.{key} ({new}) disagree; keep runtime.{key}"
+                        ))
+                    }
+                    _ => runtime.insert(key.to_string(), old),
+                };
+            }
+        }
+        let Sections { model, diffusion, train, runtime } =
+            serde_json::from_value(value).map_err(|e| e.to_string())?;
+        Ok(Self { model, diffusion, train, runtime })
+    }
 }
 
 impl Config {
@@ -444,9 +509,24 @@ mod tests {
         assert!(err(r#"{"diffusion": {"beta_end": 1.5}}"#).contains("diffusion.beta_end"));
         assert!(err(r#"{"train": {"batch_size": -1}}"#).contains("train.batch_size"));
         assert!(err(r#"{"train": {"lr": 0}}"#).contains("train.lr"));
+        assert!(err(r#"{"runtime": {"attention": "slow"}}"#).contains("slow"));
+        assert!(err(r#"{"runtime": {"precision": "fp16"}}"#).contains("fp16"));
         assert!(err(r#"{"model": {"attention": "slow"}}"#).contains("slow"));
-        assert!(err(r#"{"model": {"precision": "fp16"}}"#).contains("fp16"));
+        assert!(err(r#"{"runtime": {"attentoin": "naive"}}"#).contains("attentoin"));
         assert!(err("{not json").contains("line 1"));
+    }
+
+    #[test]
+    fn legacy_model_fields_move_to_runtime() {
+        let c = Config::from_json(r#"{"model": {"attention": "naive", "precision": "bf16"}}"#).unwrap();
+        assert_eq!(c.runtime, RuntimeConfig { attention: Attention::Naive, precision: Precision::Bf16 });
+        assert_eq!(c.model, ModelConfig::default());
+        let same = r#"{"model": {"attention": "naive"}, "runtime": {"attention": "naive"}}"#;
+        assert_eq!(Config::from_json(same).unwrap().runtime.attention, Attention::Naive);
+        let clash = err(r#"{"model": {"attention": "naive"}, "runtime": {"attention": "fused"}}"#);
+        assert!(clash.contains("model.attention") && clash.contains("runtime.attention"), "{clash}");
+        let round = Config::from_json(&c.to_json()).unwrap();
+        assert_eq!(round, c);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the [`Loader`] that shuffles it, decodes it on a rayon pool in the background and hands out
 //! batches of `u8` images.
 //!
-//! The original (REFERENCE.md §5) read every png/jpg/jpeg file of one folder with label 0 and
+//! The original (docs/ORIGINAL.md §5) read every png/jpg/jpeg file of one folder with label 0 and
 //! divided the pixels by 255 with no resize and no colour conversion, so it only worked on
 //! 256×256 RGB files. Here any size and colour type is accepted: each image is converted to
 //! RGB8, its EXIF orientation applied, the shorter side resized to `img_size` (triangle filter,

@@ -1,5 +1,5 @@
 //! The DDPM of Ho et al. 2020 ("Denoising Diffusion Probabilistic Models") as the original
-//! computes it (REFERENCE.md §4): a linear beta schedule in float32, forward noising
+//! computes it (docs/ORIGINAL.md §4): a linear beta schedule in float32, forward noising
 //! (eq. 4), and the ancestral sampling step (Algorithm 2) with the original's clamp of x to
 //! [−1, 1] after every step. All tables are built with libtorch's own ops, in the original's
 //! order, so they equal PyTorch's bit for bit.
@@ -44,9 +44,13 @@ impl Schedule {
     /// x0 (B, C, H, W), t (B) int64 → (x_t, ε).
     pub fn add_noise(&self, x0: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
         let noise = x0.randn_like();
+        (self.noised(x0, t, &noise), noise)
+    }
+
+    /// x_t for a given ε (DDPM eq. 4): sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε, all on one device.
+    pub fn noised(&self, x0: &Tensor, t: &Tensor, noise: &Tensor) -> Tensor {
         let ac = self.alphas_cumprod.index_select(0, t).view([-1, 1, 1, 1]); // (B, 1, 1, 1)
-        let xt = ac.sqrt() * x0 + one_minus(&ac).sqrt() * &noise;
-        (xt, noise)
+        ac.sqrt() * x0 + one_minus(&ac).sqrt() * noise
     }
 
     /// One ancestral step at s (DDPM Algorithm 2, line 4), then the original's clamp:

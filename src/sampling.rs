@@ -1,4 +1,4 @@
-//! Sampling from a trained `Dit`: the original's DDPM denoise loop (REFERENCE.md §4, DDPM
+//! Sampling from a trained `Dit`: the original's DDPM denoise loop (docs/ORIGINAL.md §4, DDPM
 //! Algorithm 2 with a clamp every step) and DDIM (Song et al. 2021, eq. 12 with σ from
 //! eq. 16) over the same model; the step math lives in `diffusion::Schedule`. Also the image
 //! helpers the sampler and the trainer share: a `make_grid`-style tiling into an RGB image,
@@ -10,6 +10,7 @@ use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
+pub use crate::config::SamplerKind;
 use crate::diffusion::Schedule;
 use crate::Dit;
 
@@ -22,47 +23,36 @@ pub const PREVIEW_STATES: i64 = 16;
 /// Steps DDIM takes when none are asked for.
 pub const DEFAULT_DDIM_STEPS: i64 = 50;
 
-/// How the model's noise predictions are turned into samples.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampler {
-    /// The original's ancestral sampler: all T steps, fresh noise and a clamp at every step.
-    Ddpm,
-    /// DDIM over an evenly spaced subset of the steps; `eta` = 0 is deterministic, 1 with all
-    /// T steps is an ancestral sampler with DDPM's variance.
-    Ddim { eta: f64 },
-}
-
-impl Sampler {
+/// The samplers' rules: how many steps, which ones, and what is allowed.
+impl SamplerKind {
     /// The number of steps used when the user names none: T for DDPM, 50 (at most T) for DDIM.
-    pub fn default_steps(&self, max_t: i64) -> i64 {
+    pub fn default_steps(self, max_t: i64) -> i64 {
         match self {
             Self::Ddpm => max_t,
-            Self::Ddim { .. } => DEFAULT_DDIM_STEPS.min(max_t),
+            Self::Ddim => DEFAULT_DDIM_STEPS.min(max_t),
         }
     }
 
-    /// Checks `steps` (and η) against a schedule of `max_t` steps.
-    pub fn check(&self, steps: i64, max_t: i64) -> Result<()> {
+    /// Checks `steps` and η against a schedule of `max_t` steps.
+    pub fn check(self, steps: i64, eta: f64, max_t: i64) -> Result<()> {
         ensure!(steps >= 1, "the number of steps must be at least 1, got {steps}");
         ensure!(steps <= max_t, "{steps} steps exceed the schedule's max_t = {max_t}");
-        match *self {
+        match self {
             Self::Ddpm => ensure!(
                 steps == max_t,
                 "the ddpm sampler takes all max_t = {max_t} steps, got {steps}; use the ddim sampler for fewer"
             ),
-            Self::Ddim { eta } => {
-                ensure!(eta >= 0.0 && eta.is_finite(), "eta must be a number ≥ 0, got {eta}")
-            }
+            Self::Ddim => ensure!(eta >= 0.0 && eta.is_finite(), "eta must be a number ≥ 0, got {eta}"),
         }
         Ok(())
     }
 
     /// The training steps visited, descending (DDPM: T − 1 … 0; DDIM: see
     /// `Schedule::ddim_timesteps`). `steps` must have passed `check`.
-    pub fn timesteps(&self, schedule: &Schedule, steps: i64) -> Vec<i64> {
+    pub fn timesteps(self, schedule: &Schedule, steps: i64) -> Vec<i64> {
         match self {
             Self::Ddpm => (0..schedule.max_t).rev().collect(),
-            Self::Ddim { .. } => schedule.ddim_timesteps(steps),
+            Self::Ddim => schedule.ddim_timesteps(steps),
         }
     }
 }
@@ -70,9 +60,12 @@ impl Sampler {
 /// What to run: the sampler, its number of steps, and which states to keep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleOptions {
-    pub sampler: Sampler,
+    pub sampler: SamplerKind,
     /// Model evaluations; DDPM needs exactly T.
     pub steps: i64,
+    /// DDIM's η: 0 is deterministic, 1 with all T steps is an ancestral sampler with DDPM's
+    /// variance (DDPM ignores it).
+    pub eta: f64,
     /// States to return, as indices into the list of states 0 (the noise) … `steps` (the
     /// final images), in the order wanted.
     pub keep: Vec<i64>,
@@ -84,8 +77,8 @@ pub struct SampleOptions {
 
 impl SampleOptions {
     /// `sampler` with its default number of steps for a schedule of `max_t`, keeping nothing.
-    pub fn new(sampler: Sampler, max_t: i64) -> Self {
-        Self { sampler, steps: sampler.default_steps(max_t), keep: vec![], guidance: None }
+    pub fn new(sampler: SamplerKind, max_t: i64) -> Self {
+        Self { sampler, steps: sampler.default_steps(max_t), eta: 0.0, keep: vec![], guidance: None }
     }
 }
 
@@ -106,8 +99,8 @@ pub fn sample(
     labels: &Tensor,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let SampleOptions { sampler, steps, ref keep, guidance } = *opts;
-    sampler.check(steps, schedule.max_t)?;
+    let SampleOptions { sampler, steps, eta, ref keep, guidance } = *opts;
+    sampler.check(steps, eta, schedule.max_t)?;
     check_inputs(model, &noise, labels)?;
     let guidance = guidance.filter(|&w| w != 1.0);
     if let Some(w) = guidance {
@@ -153,8 +146,8 @@ pub fn sample(
                 }
             };
             x = match sampler {
-                Sampler::Ddpm => schedule.ddpm_step(&x, &eps, t),
-                Sampler::Ddim { eta } => schedule.ddim_step(&x, &eps, t, timesteps.get(i + 1).copied(), eta),
+                SamplerKind::Ddpm => schedule.ddpm_step(&x, &eps, t),
+                SamplerKind::Ddim => schedule.ddim_step(&x, &eps, t, timesteps.get(i + 1).copied(), eta),
             };
             remember(i as i64 + 1, &x);
             progress(i + 1, total);

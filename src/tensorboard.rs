@@ -144,7 +144,7 @@ pub fn dit_graph(cfg: &crate::config::ModelConfig) -> Vec<GraphNode> {
     for i in 0..cfg.dit_num {
         let b = format!("DIT/model_list/{i}");
         let n = |s: &str| format!("{b}/{s}");
-        for m in ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"] {
+        for m in crate::model::MODULATION {
             g.push(GraphNode::new(n(m), "Linear", &["DIT/cond"]));
         }
         let node = |name: String, op: &str, inputs: &[&str]| GraphNode::new(name, op, inputs);

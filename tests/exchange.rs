@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use dit::config::{Attention, Config, ModelConfig};
+use dit::config::{Attention, Config, ModelConfig, RuntimeConfig};
 use dit::Dit;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -80,12 +80,12 @@ fn rust_weights_load_in_pytorch_strictly_from_every_format() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = write_config(d, SMALL);
-    let mut m = model_cfg(SMALL);
-    m.attention = Attention::Naive;
+    let m = model_cfg(SMALL);
     let (x, y, t) = inputs(d, &m);
     tch::manual_seed(9);
     let vs = VarStore::new(Device::Cpu);
-    let dit = Dit::new(&vs.root(), &m);
+    let mut dit = Dit::new(&vs.root(), &m);
+    dit.set_runtime(&RuntimeConfig { attention: Attention::Naive, ..Default::default() });
     let expected = tch::no_grad(|| dit.forward(&x, &y, &t));
     for ext in ["ot", "safetensors", "pth"] {
         let file = d.join(format!("rust.{ext}"));

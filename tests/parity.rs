@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use dit::config::{Attention, Config, ModelConfig};
+use dit::config::{Attention, Config, ModelConfig, RuntimeConfig};
 use dit::diffusion::Schedule;
 use dit::Dit;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -15,7 +15,7 @@ const SMALL: &str =
     r#"{"img_size": 32, "patch_size": 4, "dit_num": 2, "head": 3, "label_num": 2, "emb_size": 32}"#;
 const SEED: &str = "{}";
 
-/// The state_dict of REFERENCE.md §2, written out from the specification (not from the model).
+/// The state_dict of docs/ORIGINAL.md §2, written out from the specification (not from the model).
 fn spec_shapes(m: &ModelConfig) -> BTreeMap<String, Vec<i64>> {
     let (c, p, e, h) = (m.channel, m.patch_size, m.emb_size, m.head);
     let pd = c * p * p;
@@ -105,10 +105,12 @@ fn setup(
     dir: &std::path::Path,
     m: &ModelConfig,
     batch: i64,
+    attention: Attention,
 ) -> (VarStore, Dit, Tensor, Tensor, Tensor, Tensor) {
     tch::manual_seed(7);
     let vs = VarStore::new(Device::Cpu);
-    let dit = Dit::new(&vs.root(), m);
+    let mut dit = Dit::new(&vs.root(), m);
+    dit.set_runtime(&RuntimeConfig { attention, ..Default::default() });
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
             if name.contains("ln") {
@@ -141,10 +143,9 @@ fn gradient_bound(attention: Attention) -> f64 {
 
 fn forward_and_gradients(json: &str, batch: i64, attention: Attention) {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = model_cfg(json);
-    m.attention = attention;
+    let m = model_cfg(json);
     let cfg = write_config(dir.path(), json);
-    let (vs, dit, x, y, t, target) = setup(dir.path(), &m, batch);
+    let (vs, dit, x, y, t, target) = setup(dir.path(), &m, batch, attention);
     let out_path = dir.path().join("py.safetensors");
     golden(&[
         "forward",

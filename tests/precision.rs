@@ -5,13 +5,13 @@
 mod common;
 
 use common::*;
-use dit::config::{Attention, ModelConfig, Precision};
+use dit::config::{Attention, ModelConfig, Precision, RuntimeConfig};
 use dit::Dit;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Forward output and the loss gradients of every parameter, in `precision`.
-fn forward_and_grads(model: &mut Dit, vs: &VarStore, precision: Precision) -> (Tensor, Vec<Tensor>) {
-    model.set_precision(precision);
+fn forward_and_grads(model: &mut Dit, vs: &VarStore, runtime: RuntimeConfig) -> (Tensor, Vec<Tensor>) {
+    model.set_runtime(&runtime);
     tch::manual_seed(11);
     let x = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
     let target = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
@@ -35,14 +35,15 @@ fn bf16_forward_and_gradients_track_fp32_and_stay_float32() {
             head: 2,
             dit_num: 2,
             label_num: 2,
-            attention,
             ..Default::default()
         };
         tch::manual_seed(4);
         let vs = VarStore::new(Device::Cpu);
         let mut model = Dit::new(&vs.root(), &cfg);
-        let (out32, g32) = forward_and_grads(&mut model, &vs, Precision::Fp32);
-        let (out16, g16) = forward_and_grads(&mut model, &vs, Precision::Bf16);
+        let fp32 = RuntimeConfig { attention, precision: Precision::Fp32 };
+        let (out32, g32) = forward_and_grads(&mut model, &vs, fp32);
+        let (out16, g16) =
+            forward_and_grads(&mut model, &vs, RuntimeConfig { precision: Precision::Bf16, ..fp32 });
         assert_eq!(out16.kind(), Kind::Float);
         let e = rel_diff(&out16, &out32);
         // bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operation).

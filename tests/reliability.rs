@@ -15,7 +15,7 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = dit::train::splitmix64(self.0);
+        self.0 = dit::rng::splitmix64(self.0);
         self.0
     }
     fn below(&mut self, n: usize) -> usize {

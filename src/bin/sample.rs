@@ -7,16 +7,16 @@
 //! (CPU, ddpm) holds when `--batch-size` equals `--num` (the default): smaller batches keep
 //! the same initial noise but draw the per-step noise batch after batch.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use dit::cli::DeviceArg;
+use dit::config::{Precision, RuntimeConfig};
 use dit::diffusion::Schedule;
-use dit::sampling::{self, Normalize, SampleOptions, Sampler};
-use indicatif::{ProgressBar, ProgressStyle};
+use dit::progress::Progress;
+use dit::sampling::{self, Normalize, SampleOptions, SamplerKind};
 use tch::{Device, Kind, Tensor};
 
 /// Columns of the `--progress` grid.
@@ -37,8 +37,8 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// ddpm: the original's sampler, all max_t steps; ddim: deterministic (eta 0) in fewer steps.
-    #[arg(long, value_enum, default_value_t = SamplerArg::Ddpm)]
-    sampler: SamplerArg,
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
+    sampler: SamplerKind,
     /// Denoising steps [default: max_t for ddpm, 50 for ddim]
     #[arg(long, allow_negative_numbers = true)]
     steps: Option<i64>,
@@ -66,7 +66,7 @@ struct Args {
     device: DeviceArg,
     /// Arithmetic: fp32, or bf16 mixed precision [default: the checkpoint config's]
     #[arg(long, value_enum)]
-    precision: Option<dit::config::Precision>,
+    precision: Option<Precision>,
     /// PNG grid of all images [default: samples.png unless --out-dir or --tensor-out is given]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -81,14 +81,6 @@ struct Args {
     tensor_out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SamplerArg {
-    /// The original's ancestral sampler (DDPM), all max_t steps.
-    Ddpm,
-    /// DDIM over evenly spaced steps of the same model.
-    Ddim,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     dit::cli::run(|| run(&args))
@@ -98,15 +90,12 @@ fn run(args: &Args) -> Result<()> {
     ensure!(args.num >= 1, "--num must be at least 1, got {}", args.num);
     let batch_size = args.batch_size.unwrap_or(args.num);
     ensure!(batch_size >= 1, "--batch-size must be at least 1, got {batch_size}");
-    let sampler = match (args.sampler, args.eta) {
-        (SamplerArg::Ddpm, Some(_)) => bail!("--eta applies to --sampler ddim only"),
-        (SamplerArg::Ddpm, None) => Sampler::Ddpm,
-        (SamplerArg::Ddim, eta) => {
-            let eta = eta.unwrap_or(0.0);
-            ensure!(eta >= 0.0 && eta.is_finite(), "--eta must be a number ≥ 0, got {eta}");
-            Sampler::Ddim { eta }
-        }
-    };
+    let sampler = args.sampler;
+    if sampler == SamplerKind::Ddpm && args.eta.is_some() {
+        bail!("--eta applies to --sampler ddim only");
+    }
+    let eta = args.eta.unwrap_or(0.0);
+    ensure!(eta >= 0.0 && eta.is_finite(), "--eta must be a number ≥ 0, got {eta}");
     if let Some(path) = &args.tensor_out {
         ensure!(
             path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")),
@@ -118,14 +107,13 @@ fn run(args: &Args) -> Result<()> {
 
     let mut loaded =
         dit::checkpoint::load_for_inference(&args.checkpoint, args.config.as_deref(), !args.no_ema, device)?;
-    if let Some(p) = args.precision {
-        loaded.model.set_precision(p);
-    }
+    let precision = args.precision.unwrap_or(loaded.config.runtime.precision);
+    loaded.model.set_runtime(&RuntimeConfig { precision, ..loaded.config.runtime });
     let (label, label_text) = loaded.resolve_label(&args.label)?;
     let max_t = loaded.config.diffusion.max_t;
     let steps = args.steps.unwrap_or(sampler.default_steps(max_t));
-    let sampler_name = args.sampler.to_possible_value().expect("no skipped variants").get_name().to_string();
-    sampler.check(steps, max_t).with_context(|| format!("--sampler {sampler_name} --steps {steps}"))?;
+    let sampler_name = sampler.name();
+    sampler.check(steps, eta, max_t).with_context(|| format!("--sampler {sampler_name} --steps {steps}"))?;
     println!("weights: {}", loaded.description);
 
     let schedule = Schedule::new(&loaded.config.diffusion, device);
@@ -135,13 +123,14 @@ fn run(args: &Args) -> Result<()> {
     } else {
         vec![]
     };
-    let opts = SampleOptions { sampler, steps, keep, guidance: Some(args.guidance) };
+    let opts = SampleOptions { sampler, steps, eta, keep, guidance: Some(args.guidance) };
 
     tch::manual_seed(args.seed as i64);
     let noise = Tensor::randn([args.num, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
     let labels = Tensor::full([args.num], label, (Kind::Int64, Device::Cpu));
     let chunks = (args.num + batch_size - 1) / batch_size;
-    let mut bar = Progress::new(steps as u64 * chunks as u64);
+    let total = steps as u64 * chunks as u64;
+    let mut bar = Progress::new("sampling", total, 0);
     let (images, kept) = sampling::sample_in_batches(
         &loaded.model,
         &schedule,
@@ -149,15 +138,15 @@ fn run(args: &Args) -> Result<()> {
         &noise,
         &labels,
         batch_size,
-        &mut |done| bar.set(done),
+        &mut |done| bar.set(done, || format!("sampling: {done}/{total} steps")),
     )?;
     bar.finish();
     println!(
         "sampled {} image(s) of label {label_text} with {sampler_name} ({steps} steps{}), seed {}, on {device:?}",
         args.num,
         match sampler {
-            Sampler::Ddim { eta } => format!(", eta {eta}"),
-            Sampler::Ddpm => String::new(),
+            SamplerKind::Ddim => format!(", eta {eta}"),
+            SamplerKind::Ddpm => String::new(),
         },
         args.seed
     );
@@ -189,42 +178,4 @@ fn write_outputs(args: &Args, images: &Tensor, kept: &[Tensor]) -> Result<()> {
         println!("wrote {} (\"images\", float32 in [-1, 1])", path.display());
     }
     Ok(())
-}
-
-/// A bar on a terminal; plain lines every tenth of the work otherwise.
-struct Progress {
-    bar: Option<ProgressBar>,
-    total: u64,
-    next_line: u64,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
-            let style =
-                ProgressStyle::with_template("sampling {bar:40} {pos}/{len} steps [{elapsed} < {eta}]")
-                    .expect("a valid template");
-            bar.set_style(style);
-            bar
-        });
-        Self { bar, total, next_line: 0 }
-    }
-
-    fn set(&mut self, done: u64) {
-        match &self.bar {
-            Some(bar) => bar.set_position(done),
-            None if done >= self.next_line || done == self.total => {
-                eprintln!("sampling: {done}/{} steps", self.total);
-                self.next_line = done + (self.total / 10).max(1);
-            }
-            None => {}
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }

@@ -1,7 +1,7 @@
 // Writes a str -> tensor dict in the zip-pickle format of `torch.save`, with libtorch's own
 // serializer. The pickler is built with tag_aggregates = false: with the default tags
 // (`torch.jit._pickle.restore_type_tag`) PyTorch >= 2.6's `torch.load(weights_only=True)`
-// refuses the file (REFERENCE.md §6).
+// refuses the file (docs/ORIGINAL.md §6).
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickler.h>

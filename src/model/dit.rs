@@ -1,12 +1,13 @@
 //! `Dit`: patchify, time and label conditioning, the block stack, and the original's
-//! unpatchify (REFERENCE.md §3).
+//! unpatchify (docs/ORIGINAL.md §3).
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::dit_block::{cast, linear};
+use super::compute::Compute;
+use super::dit_block::{cast, linear, MODULATION};
 use super::{DiTBlock, TimeEmbedding};
-use crate::config::{ModelConfig, Precision};
+use crate::config::{ModelConfig, RuntimeConfig};
 
 #[derive(Debug)]
 pub struct Dit {
@@ -21,9 +22,13 @@ pub struct Dit {
     ln: nn::LayerNorm,
     linear: nn::Linear,
     cfg: ModelConfig,
+    device: tch::Device,
+    compute: Compute,
 }
 
 impl Dit {
+    /// The original's model under the default runtime (`attention: auto`, fp32); see
+    /// [`Dit::set_runtime`].
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Self {
         let (c, p, e) = (cfg.channel, cfg.patch_size, cfg.emb_size);
         let patch_dim = c * p * p;
@@ -47,6 +52,8 @@ impl Dit {
             ln: nn::layer_norm(vs / "ln", vec![e], Default::default()),
             linear: nn::linear(vs / "linear", e, patch_dim, Default::default()),
             cfg: cfg.clone(),
+            device: vs.device(),
+            compute: Compute::resolve(&RuntimeConfig::default(), vs.device(), cfg.tokens()),
         }
     }
 
@@ -62,9 +69,14 @@ impl Dit {
         }
     }
 
-    /// Switches the arithmetic of the blocks (`model.precision`); the weights stay float32.
-    pub fn set_precision(&mut self, precision: Precision) {
-        self.cfg.precision = precision;
+    /// Chooses how the forward pass computes (the `runtime` section); the weights stay float32.
+    pub fn set_runtime(&mut self, runtime: &RuntimeConfig) {
+        self.compute = Compute::resolve(runtime, self.device, self.cfg.tokens());
+    }
+
+    /// How the forward pass computes.
+    pub fn compute(&self) -> Compute {
+        self.compute
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -84,14 +96,10 @@ impl Dit {
         let x = self.conv.forward(x); // (B, C·p², P, P)
         let x = x.permute([0, 2, 3, 1]).reshape([b, l, c * p * p]); // (B, L, C·p²), row-major patches
         let mut x = self.patch_emb.forward(&x) + &self.position_emb; // (B, L, E)
-        let compute = match self.cfg.precision {
-            Precision::Fp32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-        };
         for block in &self.model_list {
-            x = block.forward(&x, &cond, compute); // (B, L, E)
+            x = block.forward(&x, &cond, &self.compute); // (B, L, E)
         }
-        let x = cast(&linear(&self.linear, &cast(&self.ln.forward(&x), compute)), Kind::Float); // (B, L, C·p²)
+        let x = cast(&linear(&self.linear, &cast(&self.ln.forward(&x), self.compute.dtype)), Kind::Float); // (B, L, C·p²)
 
         // Unpatchify as the original writes it: channel fastest within a patch, then
         // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.
@@ -122,7 +130,7 @@ impl std::fmt::Display for Dit {
         writeln!(f, "  (label_emb): Embedding({}, {e})", c.label_rows())?;
         writeln!(f, "  (model_list): ModuleList(")?;
         writeln!(f, "    (0-{}): {} x DiTBlock(", c.dit_num - 1, c.dit_num)?;
-        for m in ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"] {
+        for m in MODULATION {
             writeln!(f, "      ({m}): {}", lin(e, e))?;
         }
         writeln!(f, "      (ln_1): {ln}")?;

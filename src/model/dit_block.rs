@@ -5,15 +5,17 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::config::{Attention, ModelConfig};
+use super::compute::{Compute, Kernel};
+use crate::config::ModelConfig;
 
-/// From this many tokens on, `Attention::Auto` uses the fused kernel on the CPU too (measured:
-/// at 64 tokens the explicit form trains about 10% faster, at 4096 the fused one about 4×).
-const AUTO_FUSED_TOKENS: i64 = 256;
+/// The six modulation linears of a block, in the order of their outputs: γ₁, β₁, α₁, γ₂, β₂, α₂
+/// (the original's spellings).
+pub const MODULATION: [&str; 6] =
+    ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"];
 
 #[derive(Debug)]
 pub struct DiTBlock {
-    /// The six modulation linears in the order gama_1, beita_1, alfa_1, gama_2, beita_2, alfa_2.
+    /// The linears named in [`MODULATION`], in that order.
     modulation: [nn::Linear; 6],
     ln_1: nn::LayerNorm,
     ln_2: nn::LayerNorm,
@@ -23,7 +25,6 @@ pub struct DiTBlock {
     feed_forward_2: nn::Linear,
     linear_back: nn::Linear,
     head: i64,
-    attention: Attention,
 }
 
 impl DiTBlock {
@@ -31,9 +32,7 @@ impl DiTBlock {
         let e = cfg.emb_size;
         let he = cfg.head * e;
         let linear = |name: &str, i: i64, o: i64| nn::linear(&vs / name, i, o, Default::default());
-        let modulation =
-            ["gama_emb_1", "beita_emb_1", "alfa_emb_1", "gama_emb_2", "beita_emb_2", "alfa_emb_2"]
-                .map(|name| linear(name, e, e));
+        let modulation = MODULATION.map(|name| linear(name, e, e));
         let ff = &vs / "feed_forward";
         Self {
             modulation,
@@ -44,19 +43,12 @@ impl DiTBlock {
             feed_forward_2: nn::linear(&ff / 2, 4 * e, e, Default::default()),
             linear_back: linear("linear_back", he, e),
             head: cfg.head,
-            attention: match cfg.attention {
-                Attention::Auto if vs.device() == tch::Device::Cpu && cfg.tokens() < AUTO_FUSED_TOKENS => {
-                    Attention::Naive
-                }
-                Attention::Auto => Attention::Fused,
-                other => other,
-            },
         }
     }
 
     /// Applies several linears that share an input as one matrix product, in the input's
-    /// precision; the parameters keep their own names, shapes and float32 values, the
-    /// concatenation costs a few kB per call.
+    /// precision; the parameters keep their own names, shapes and float32 values. The
+    /// concatenation is a copy of the weights per call (288 KiB for q/k/v at width 64, 6 heads).
     fn fused_linear(layers: &[nn::Linear], x: &Tensor) -> Tensor {
         let ws: Vec<&Tensor> = layers.iter().map(|l| &l.ws).collect();
         let bs: Vec<&Tensor> = layers.iter().map(|l| l.bs.as_ref().expect("linear has a bias")).collect();
@@ -64,8 +56,9 @@ impl DiTBlock {
     }
 
     /// x (B, L, E) float32, cond (B, E) float32 → (B, L, E) float32; the products run in
-    /// `compute` (float32, or bfloat16 for mixed precision).
-    pub fn forward(&self, x: &Tensor, cond: &Tensor, compute: Kind) -> Tensor {
+    /// `how.dtype` (float32, or bfloat16 for mixed precision), attention with `how.kernel`.
+    pub fn forward(&self, x: &Tensor, cond: &Tensor, how: &Compute) -> Tensor {
+        let compute = how.dtype;
         let (b, l, e) = x.size3().expect("DiTBlock input is (B, L, E)");
         let h = self.head;
         let m = Self::fused_linear(&self.modulation, cond).unsqueeze(1).chunk(6, -1); // 6 × (B, 1, E)
@@ -82,9 +75,9 @@ impl DiTBlock {
         let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
         // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
         // the heads forward, which is the token count. Weight exchange depends on keeping it.
-        let o = match self.attention {
+        let o = match how.kernel {
             // libtorch's CPU flash kernel is several times slower on strided inputs.
-            Attention::Fused => Tensor::scaled_dot_product_attention(
+            Kernel::Fused => Tensor::scaled_dot_product_attention(
                 &q.contiguous(),
                 &k.contiguous(),
                 &v.contiguous(),
@@ -94,7 +87,7 @@ impl DiTBlock {
                 1.0 / (l as f64).sqrt(),
                 false,
             ),
-            Attention::Naive | Attention::Auto => {
+            Kernel::Naive => {
                 let scores = q.matmul(&k.transpose(-2, -1)) / (l as f64).sqrt(); // (B, H, L, L)
                 cast(&scores.softmax(-1, Kind::Float), compute).matmul(&v)
             }

@@ -1,11 +1,13 @@
 //! The DiT of the original, one file per class: [`TimeEmbedding`], [`DiTBlock`], [`Dit`].
 //! Every sub-path uses the original's attribute name, so VarStore keys equal the PyTorch
-//! state_dict keys with no renaming table (REFERENCE.md §2).
+//! state_dict keys with no renaming table (docs/ORIGINAL.md §2).
 
+pub mod compute;
 mod dit;
 mod dit_block;
 pub mod time_embedding;
 
+pub use compute::{Compute, Kernel};
 pub use dit::Dit;
-pub use dit_block::DiTBlock;
+pub use dit_block::{DiTBlock, MODULATION};
 pub use time_embedding::TimeEmbedding;

@@ -1,5 +1,5 @@
 """The project's own PyTorch reference of the original DiT trainer, written from
-REFERENCE.md (the specification of the original). The Rust port is tested against it:
+docs/ORIGINAL.md (the project's specification of the original). The Rust port is tested against it:
 same parameter names and shapes, same forward pass with its quirks, same DDPM math and
 random-number order. Keep it plain PyTorch, as the original is."""
 
@@ -109,7 +109,7 @@ class DIT(nn.Module):
 
 
 class Diffusion:
-    """The DDPM tables and steps of REFERENCE.md §4."""
+    """The DDPM tables and steps of docs/ORIGINAL.md §4."""
 
     def __init__(self, max_t=1000, beta_start=0.0001, beta_end=0.02):
         self.max_t = max_t

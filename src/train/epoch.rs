@@ -1,0 +1,199 @@
+//! The loop over epochs and batches: one step per batch, the logs of each step and epoch,
+//! previews, and a checkpoint at the end of every epoch and whenever the run stops.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+
+use super::trainer::{StepOutput, Trainer};
+use super::{preview, Outcome, RunOptions};
+use crate::data::{Batch, Loader};
+use crate::optim;
+use crate::progress::Progress;
+use crate::tensorboard::Logger;
+
+/// What the batches of one epoch added up to.
+#[derive(Default)]
+struct EpochTotals {
+    loss_sum: f64,
+    batches: i64,
+    images: i64,
+    skipped: i64,
+    wait: Duration,
+}
+
+/// SIGINT and SIGTERM set the returned flag; a second one while saving ends the process.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// Trains until the last epoch, `--max-steps`, or a signal.
+pub(super) fn train_epochs(tr: &mut Trainer, opts: &RunOptions, loader: &Loader) -> Result<Outcome> {
+    let cfg = tr.config().clone();
+    let mut tb = Logger::create(Path::new(&cfg.train.logdir))?;
+    tb.graph(&crate::tensorboard::dit_graph(&cfg.model))?;
+    let stop = stop_flag()?;
+    let per_epoch = loader.batches_per_epoch() as i64;
+    let total_steps = opts.max_steps.unwrap_or(cfg.train.epoch * per_epoch);
+    while tr.meta.epoch < cfg.train.epoch {
+        let epoch = tr.meta.epoch;
+        let started = Instant::now();
+        let (totals, outcome) = run_epoch(tr, &mut tb, loader, total_steps, &stop, opts.max_steps)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if totals.skipped > 0 {
+            eprintln!(
+                "warning: {} step(s) of epoch {} skipped for a non-finite loss",
+                totals.skipped,
+                epoch + 1
+            );
+        }
+        if totals.batches > 0 {
+            tb.scalar("train/images_per_sec", tr.meta.step, totals.images as f64 / elapsed)?;
+            tb.scalar("train/data_wait_share", tr.meta.step, totals.wait.as_secs_f64() / elapsed)?;
+        }
+        // An epoch ends when its batches run out, or when a stop falls on its last batch.
+        if outcome.is_none() || tr.meta.batch_in_epoch >= per_epoch {
+            end_epoch(tr, &mut tb, &totals, elapsed, opts)?;
+        }
+        tr.save()?;
+        tb.flush()?;
+        if let Some(outcome) = outcome {
+            let why = if outcome == Outcome::Interrupted { "interrupted" } else { "reached --max-steps" };
+            println!("{why} at step {}: saved {}", tr.meta.step, tr.weights_path.display());
+            return Ok(outcome);
+        }
+    }
+    println!("finished {} epochs; weights in {}", cfg.train.epoch, tr.weights_path.display());
+    Ok(Outcome::Finished)
+}
+
+/// The batches of the current epoch from where it stands; `Some` when the run stops inside it.
+fn run_epoch(
+    tr: &mut Trainer,
+    tb: &mut Logger,
+    loader: &Loader,
+    total_steps: i64,
+    stop: &AtomicBool,
+    max_steps: Option<i64>,
+) -> Result<(EpochTotals, Option<Outcome>)> {
+    let (epoch, epochs, per_epoch) = (tr.meta.epoch, tr.config().train.epoch, loader.batches_per_epoch());
+    let mut bar = Progress::new(
+        &format!("Epoch {}/{epochs}", epoch + 1),
+        per_epoch as u64,
+        tr.meta.batch_in_epoch as u64,
+    );
+    let mut totals = EpochTotals::default();
+    let started = Instant::now();
+    for batch in loader.epoch(tr.meta.seed, epoch as u64, tr.meta.batch_in_epoch as usize) {
+        let batch = batch?;
+        totals.wait += batch.wait;
+        let lr = optim::learning_rate(&tr.config().train, tr.meta.step, total_steps);
+        let out = tr.step(&batch.images, &batch.labels);
+        let loss = out.loss.double_value(&[]);
+        if let Some(loss) = apply_or_skip(tr, &out, loss, lr)? {
+            log_step(tb, tr, &out, loss, lr)?;
+            totals.loss_sum += loss;
+            totals.batches += 1;
+            totals.images += batch.images.size()[0];
+        } else {
+            totals.skipped += 1;
+        }
+        finish_step(tr, &batch);
+        let rate = totals.images as f64 / started.elapsed().as_secs_f64();
+        bar.set(tr.meta.batch_in_epoch as u64, || {
+            let (b, s) = (tr.meta.batch_in_epoch, tr.meta.step);
+            format!(
+                "epoch {}/{epochs} batch {b}/{per_epoch} step {s} loss {loss:.4} {rate:.1} img/s",
+                epoch + 1
+            )
+        });
+        if stop.load(Ordering::SeqCst) {
+            bar.finish();
+            return Ok((totals, Some(Outcome::Interrupted)));
+        }
+        if max_steps.is_some_and(|m| tr.meta.step >= m) {
+            bar.finish();
+            return Ok((totals, Some(Outcome::MaxSteps)));
+        }
+    }
+    bar.finish();
+    Ok((totals, None))
+}
+
+/// Applies the step when its loss and gradient norm are finite and returns the loss; otherwise
+/// stops the run (nothing saved) or, with `train.skip_nonfinite`, skips it with a warning.
+fn apply_or_skip(tr: &mut Trainer, out: &StepOutput, loss: f64, lr: f64) -> Result<Option<f64>> {
+    let grad_norm = out.grad_norm.double_value(&[]);
+    if loss.is_finite() && grad_norm.is_finite() {
+        tr.apply(lr);
+        return Ok(Some(loss));
+    }
+    ensure!(
+        tr.config().train.skip_nonfinite,
+        "the loss became {loss} (gradient norm {grad_norm}) at step {}; stopped without saving, so {} still holds the last good checkpoint (lower train.lr, or set train.skip_nonfinite)",
+        tr.meta.step,
+        tr.weights_path.display()
+    );
+    eprintln!("warning: skipping step {}: loss {loss}, gradient norm {grad_norm}", tr.meta.step);
+    Ok(None)
+}
+
+/// The original's per-step tags (`Loss/batch`, the histograms every `histogram_every` steps)
+/// and the added `train/lr` and `train/grad_norm`.
+fn log_step(tb: &mut Logger, tr: &Trainer, out: &StepOutput, loss: f64, lr: f64) -> Result<()> {
+    let step = tr.meta.step;
+    tb.scalar("Loss/batch", step, loss)?;
+    tb.scalar("train/lr", step, lr)?;
+    tb.scalar("train/grad_norm", step, out.grad_norm.double_value(&[]))?;
+    if step % tr.config().train.histogram_every == 0 {
+        tb.histogram("noise_prediction", step, &out.prediction)?;
+        tb.histogram("target_noise", step, &out.noise)?;
+    }
+    Ok(())
+}
+
+/// Advances the counters past `batch`. A batch whose every image failed to load is never
+/// yielded, so the position in the epoch comes from the batch, not from a count.
+fn finish_step(tr: &mut Trainer, batch: &Batch) {
+    tr.meta.step += 1;
+    tr.meta.batch_in_epoch = batch.position as i64 + 1;
+}
+
+/// `Loss/epoch`, the epoch line, the counters moved to the next epoch, and the preview.
+fn end_epoch(
+    tr: &mut Trainer,
+    tb: &mut Logger,
+    totals: &EpochTotals,
+    elapsed: f64,
+    opts: &RunOptions,
+) -> Result<()> {
+    let (epoch, epochs) = (tr.meta.epoch, tr.config().train.epoch);
+    if totals.batches > 0 {
+        let mean = totals.loss_sum / totals.batches as f64;
+        tb.scalar("Loss/epoch", epoch, mean)?;
+        println!(
+            "epoch {}/{epochs}: mean loss {mean:.5} over {} batches, {:.1} img/s, data wait {:.1}%",
+            epoch + 1,
+            totals.batches,
+            totals.images as f64 / elapsed,
+            100.0 * totals.wait.as_secs_f64() / elapsed
+        );
+    }
+    tr.meta.epoch += 1;
+    tr.meta.batch_in_epoch = 0;
+    let every = tr.config().train.preview.every_epochs;
+    if every > 0 && (epoch + 1) % every == 0 {
+        let started = Instant::now();
+        let path = preview::preview(tr, tb, epoch, opts.preview_png.clone())?;
+        println!("preview: {} ({:.1} s)", path.display(), started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! How a run starts: fresh, from a training state (exactly where it stopped), or from a weight
+//! file alone (the original's "incremental" start: weights only, a fresh optimizer).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use tch::Device;
+
+use super::trainer::Trainer;
+use crate::checkpoint::{state, state::TrainMeta, state::TrainState};
+use crate::config::Config;
+use crate::rng::splitmix64;
+
+/// Fails before any training when `dir` cannot take new files.
+pub(super) fn check_writable(dir: &Path, what: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the {what} folder {}", dir.display()))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("the {what} folder {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe).ok();
+    Ok(())
+}
+
+/// The folder of `path` ("." for a bare file name).
+pub(super) fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Reads the training state beside `weights`, if any, and fits `cfg` to it: the architecture
+/// and diffusion sections must be the state's; the "no label" row, once a run has it, stays;
+/// the seed is the state's (or the config's, or a fresh one for a fresh run).
+pub(super) fn read_state(weights: &Path, cfg: &mut Config) -> Result<Option<TrainState>> {
+    let path = state::state_path(weights);
+    let resumed = if path.is_file() { Some(state::load(&path)?) } else { None };
+    cfg.model.null_label |=
+        cfg.train.cfg_dropout > 0.0 || resumed.as_ref().is_some_and(|st| st.meta.config.model.null_label);
+    if let Some(st) = &resumed {
+        let old = &st.meta.config;
+        ensure!(
+            old.model == cfg.model,
+            "{} was trained with a different model section ({}); use its config or another checkpoint path",
+            path.display(),
+            serde_json::to_string(&old.model)?
+        );
+        ensure!(
+            old.diffusion == cfg.diffusion,
+            "{} was trained with a different diffusion section ({})",
+            path.display(),
+            serde_json::to_string(&old.diffusion)?
+        );
+    }
+    cfg.train.seed = Some(choose_seed(resumed.as_ref(), cfg.train.seed)?);
+    Ok(resumed)
+}
+
+fn choose_seed(resumed: Option<&TrainState>, asked: Option<u64>) -> Result<u64> {
+    Ok(match (resumed, asked) {
+        (Some(st), Some(s)) if s != st.meta.seed => {
+            eprintln!(
+                "note: resuming with the checkpoint's seed {} (not {s}) so the run stays exact",
+                st.meta.seed
+            );
+            st.meta.seed
+        }
+        (Some(st), _) => st.meta.seed,
+        (None, Some(s)) => s,
+        (None, None) => {
+            splitmix64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64)
+                >> 1
+        }
+    })
+}
+
+/// The trainer for `cfg` (already fitted by [`read_state`]), fresh or restored.
+pub(super) fn start(
+    cfg: Config,
+    classes: Vec<String>,
+    resumed: Option<TrainState>,
+    device: Device,
+) -> Result<Trainer> {
+    let weights_path = PathBuf::from(&cfg.train.model_save_path);
+    let seed = cfg.train.seed.expect("read_state chose the seed");
+    let meta = TrainMeta { step: 0, epoch: 0, batch_in_epoch: 0, seed, classes, config: cfg };
+    let mut tr = Trainer::new(meta, device, weights_path.clone());
+    let state_path = state::state_path(&weights_path);
+    if let Some(st) = &resumed {
+        state::check_against(&state_path, st, &tr.shapes())?;
+        tr.restore(st);
+        println!(
+            "resuming from {} at step {} (epoch {}, batch {})",
+            state_path.display(),
+            tr.meta.step,
+            tr.meta.epoch + 1,
+            tr.meta.batch_in_epoch
+        );
+    } else if weights_path.is_file() {
+        tr.load_weights(&weights_path)?;
+        println!(
+            "starting from the weights in {} with a fresh optimizer (no training state {} beside them)",
+            weights_path.display(),
+            state_path.display()
+        );
+    }
+    Ok(tr)
+}

@@ -1,0 +1,212 @@
+//! What one training step changes, and the step itself (docs/ORIGINAL.md §4): x0 = image·2 − 1,
+//! t ~ U{0…T−1}, x_t by DDPM eq. 4, L1 between the noise and the model's prediction, then
+//! global-norm clipping, Adam and the EMA.
+//!
+//! Every random draw of step s comes from `manual_seed(step_seed(seed, s))`, in the order t
+//! (CPU), ε (the training device, the shape of x0), label dropout (CPU, only when enabled), so a
+//! run stopped after k steps and restarted draws what an uninterrupted run draws.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::checkpoint::{self, state, state::TrainMeta};
+use crate::config::{Config, LabelInit};
+use crate::diffusion::Schedule;
+use crate::optim::{self, Adam, Ema};
+use crate::rng::step_seed;
+use crate::Dit;
+
+/// The random draws of one step.
+#[derive(Debug)]
+pub struct Draws {
+    /// Diffusion steps (B) int64.
+    pub t: Tensor,
+    /// ε (B, C, I, I) float32.
+    pub noise: Tensor,
+    /// Labels replaced by the "no label" row (B) bool, when `train.cfg_dropout` > 0.
+    pub drop: Option<Tensor>,
+}
+
+impl Draws {
+    pub fn to_device(&self, device: Device) -> Self {
+        Self {
+            t: self.t.to_device(device),
+            noise: self.noise.to_device(device),
+            drop: self.drop.as_ref().map(|d| d.to_device(device)),
+        }
+    }
+}
+
+/// What a step leaves for logging, on the training device (nothing is read back to the host).
+#[derive(Debug)]
+pub struct StepOutput {
+    pub loss: Tensor,
+    pub prediction: Tensor,
+    pub noise: Tensor,
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: Tensor,
+}
+
+/// The model, its optimizer and EMA, the schedule and the counters of one run.
+pub struct Trainer {
+    pub(super) device: Device,
+    /// Owns the variables that `model` and `params` share.
+    vs: VarStore,
+    pub(super) model: Dit,
+    names: Vec<String>,
+    pub(super) params: Vec<Tensor>,
+    adam: Adam,
+    pub(super) ema: Option<Ema>,
+    pub(super) schedule: Schedule,
+    /// Counters, seed, classes and the config; saved with every checkpoint.
+    pub meta: TrainMeta,
+    pub(super) weights_path: PathBuf,
+}
+
+impl Trainer {
+    /// A fresh model initialised from `step_seed(meta.seed, -1)` as PyTorch initialises it
+    /// (then the label rows shared when `train.label_init` says so), zero Adam moments, and an
+    /// EMA equal to the weights.
+    pub fn new(meta: TrainMeta, device: Device, weights_path: PathBuf) -> Self {
+        let cfg = &meta.config;
+        tch::manual_seed(step_seed(meta.seed, -1));
+        let vs = VarStore::new(device);
+        let mut model = Dit::new(&vs.root(), &cfg.model);
+        model.set_runtime(&cfg.runtime);
+        if cfg.train.label_init == LabelInit::Shared {
+            model.share_label_rows();
+        }
+        let (names, params): (Vec<String>, Vec<Tensor>) =
+            checkpoint::named_variables(&vs).into_iter().unzip();
+        let adam = Adam::new(&params);
+        let ema = (cfg.train.ema_decay > 0.0).then(|| Ema::new(&params, cfg.train.ema_decay));
+        let schedule = Schedule::new(&cfg.diffusion, device);
+        Self { device, vs, model, names, params, adam, ema, schedule, meta, weights_path }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.meta.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn model(&self) -> &Dit {
+        &self.model
+    }
+
+    /// The draws of the next step for a batch of `b`, in the documented order.
+    pub fn draws(&self, b: i64) -> Draws {
+        tch::manual_seed(step_seed(self.meta.seed, self.meta.step));
+        let m = &self.config().model;
+        let t = Tensor::randint(self.schedule.max_t, [b], (Kind::Int64, Device::Cpu)).to_device(self.device);
+        let noise = Tensor::randn([b, m.channel, m.img_size, m.img_size], (Kind::Float, self.device));
+        let p = self.config().train.cfg_dropout;
+        let drop =
+            (p > 0.0).then(|| Tensor::rand([b], (Kind::Float, Device::Cpu)).lt(p).to_device(self.device));
+        Draws { t, noise, drop }
+    }
+
+    /// Forward, backward and clipping of one step on `images` (B, C, I, I) u8 and `labels`
+    /// (B); the weights change only in [`Trainer::apply`].
+    pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> StepOutput {
+        let draws = self.draws(images.size()[0]);
+        self.step_with(images, labels, &draws)
+    }
+
+    /// [`Trainer::step`] with given draws (on the training device).
+    pub fn step_with(&mut self, images: &Tensor, labels: &Tensor, draws: &Draws) -> StepOutput {
+        let x0 = images.to_device(self.device).to_kind(Kind::Float) / 255.0 * 2.0 - 1.0; // (B, C, I, I)
+        let xt = self.schedule.noised(&x0, &draws.t, &draws.noise);
+        let labels = labels.to_device(self.device);
+        let labels = match &draws.drop {
+            Some(drop) => labels.masked_fill(drop, self.config().model.label_num),
+            None => labels,
+        };
+        let pred = self.model.forward(&xt, &labels, &draws.t);
+        let loss = pred.l1_loss(&draws.noise, tch::Reduction::Mean);
+        optim::zero_grad(&self.params);
+        loss.backward();
+        let grad_norm = optim::clip_grad_norm(&self.params, self.config().train.grad_clip);
+        StepOutput { loss, prediction: pred.detach(), noise: draws.noise.shallow_clone(), grad_norm }
+    }
+
+    /// Adam at learning rate `lr`, then the EMA.
+    pub fn apply(&mut self, lr: f64) {
+        self.adam.step(&self.params, lr);
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.params);
+        }
+    }
+
+    fn named(&self, tensors: &[Tensor]) -> Vec<(String, Tensor)> {
+        self.names.iter().cloned().zip(tensors.iter().map(Tensor::shallow_clone)).collect()
+    }
+
+    /// The parameters by state_dict name (sharing storage with the model).
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        self.named(&self.params)
+    }
+
+    /// The gradients left by the last step, by name (undefined ones left out).
+    pub fn named_grads(&self) -> Vec<(String, Tensor)> {
+        let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
+        self.named(&grads).into_iter().filter(|(_, g)| g.defined()).collect()
+    }
+
+    /// The EMA weights by name (empty without an EMA).
+    pub fn named_ema(&self) -> Vec<(String, Tensor)> {
+        self.ema.as_ref().map(|e| self.named(&e.shadow)).unwrap_or_default()
+    }
+
+    /// Writes the state file, then the weights in the chosen format; each atomically.
+    pub fn save(&self) -> Result<()> {
+        let model = self.named_params();
+        let ema = self.named_ema();
+        let m = self.named(&self.adam.exp_avg);
+        let v = self.named(&self.adam.exp_avg_sq);
+        let groups: [(&str, &[(String, Tensor)]); 4] =
+            [("model", &model), ("ema", &ema), ("adam_m", &m), ("adam_v", &v)];
+        state::save(&state::state_path(&self.weights_path), &self.meta, &groups)?;
+        checkpoint::write_tensors(&self.weights_path, &model)
+    }
+
+    /// Takes over the weights, EMA, Adam's moments and counters of a saved state (whose
+    /// names and shapes the caller has checked).
+    pub fn restore(&mut self, st: &state::TrainState) {
+        checkpoint::copy_into(&self.vs, st.group("model").expect("state::load checks it"));
+        if let (Some(m), Some(v)) = (st.group("adam_m"), st.group("adam_v")) {
+            for (i, name) in self.names.iter().enumerate() {
+                self.adam.exp_avg[i] = m[name].to_device(self.device);
+                self.adam.exp_avg_sq[i] = v[name].to_device(self.device);
+            }
+            self.adam.step = st.meta.step;
+        }
+        let decay = self.config().train.ema_decay;
+        self.ema = match st.group("ema") {
+            Some(g) if decay > 0.0 => {
+                Some(Ema { decay, shadow: self.names.iter().map(|n| g[n].to_device(self.device)).collect() })
+            }
+            _ => (decay > 0.0).then(|| Ema::new(&self.params, decay)),
+        };
+        let (step, epoch, batch) = (st.meta.step, st.meta.epoch, st.meta.batch_in_epoch);
+        (self.meta.step, self.meta.epoch, self.meta.batch_in_epoch) = (step, epoch, batch);
+    }
+
+    /// Replaces the weights by those of a weight file, after checking every key and shape
+    /// (a weights-only start); the EMA restarts from them.
+    pub fn load_weights(&mut self, path: &std::path::Path) -> Result<()> {
+        checkpoint::load_weights(&mut self.vs, path)?;
+        let decay = self.config().train.ema_decay;
+        self.ema = (decay > 0.0).then(|| Ema::new(&self.params, decay));
+        Ok(())
+    }
+
+    /// The parameters' names and shapes.
+    pub fn shapes(&self) -> std::collections::BTreeMap<String, Vec<i64>> {
+        self.names.iter().cloned().zip(self.params.iter().map(Tensor::size)).collect()
+    }
+}
