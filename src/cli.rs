@@ -26,14 +26,34 @@ fn tune_allocator() {
 }
 
 /// Runs a command's body; an error prints as one line, `error: outer context: … : cause`.
+/// libtorch reports its failures (a device out of memory, a kernel that refuses its inputs)
+/// as panics inside tch; they end the same way, with their first line, not a backtrace.
 pub fn run(body: impl FnOnce() -> Result<()>) -> ExitCode {
     tune_allocator();
-    match body() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
+        .unwrap_or_else(|payload| Err(anyhow::anyhow!(panic_message(payload.as_ref()))));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The first line of a panic's message (libtorch appends a C++ backtrace after it).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown failure");
+    let first = text.lines().next().unwrap_or_default();
+    // tch wraps libtorch's message as `…: Torch("<message>`.
+    match first.split_once("Torch(\"") {
+        Some((_, message)) => format!("libtorch: {}", message.trim_end_matches(['"', ')'])),
+        None => format!("internal error (a bug in dit): {first}"),
     }
 }
 

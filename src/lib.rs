@@ -12,6 +12,7 @@ pub mod progress;
 pub mod rng;
 pub mod sampling;
 pub mod tensorboard;
+pub mod torch_flags;
 pub mod train;
 
 pub use config::Config;

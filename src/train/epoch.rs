@@ -96,7 +96,7 @@ fn run_epoch(
         let batch = batch?;
         totals.wait += batch.wait;
         let lr = optim::learning_rate(&tr.config().train, tr.meta.step, total_steps);
-        let out = tr.step(&batch.images, &batch.labels);
+        let out = guarded_step(tr, &batch)?;
         let loss = out.loss.double_value(&[]);
         if let Some(loss) = apply_or_skip(tr, &out, loss, lr)? {
             log_step(tb, tr, &out, loss, lr)?;
@@ -126,6 +126,31 @@ fn run_epoch(
     }
     bar.finish();
     Ok((totals, None))
+}
+
+/// The step, with a device that runs out of memory turned into an error that names the batch
+/// size (libtorch reports it as a panic inside tch). Nothing is saved, so the last checkpoint
+/// stays as it was.
+fn guarded_step(tr: &mut Trainer, batch: &Batch) -> Result<StepOutput> {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tr.step(&batch.images, &batch.labels)));
+    result.map_err(|payload| {
+        let text = payload.downcast_ref::<String>().map_or("", String::as_str);
+        let first = text.lines().next().unwrap_or_default();
+        if first.contains("out of memory") || first.contains("can't allocate memory") {
+            let asked = first.split_once("Tried to allocate ").map_or("", |(_, r)| r.split(". ").next().unwrap_or(""));
+            anyhow::anyhow!(
+                "the {:?} device ran out of memory for train.batch_size {}{} at step {}; lower train.batch_size or use --precision bf16 ({} is unchanged)",
+                tr.device(),
+                batch.images.size()[0],
+                if asked.is_empty() { String::new() } else { format!(" (asked for {asked} more)") },
+                tr.meta.step,
+                tr.weights_path.display()
+            )
+        } else {
+            std::panic::resume_unwind(payload)
+        }
+    })
 }
 
 /// Applies the step when its loss and gradient norm are finite and returns the loss; otherwise
