@@ -73,7 +73,7 @@ pub fn check(file: &Path, data: &str) -> Result<bool> {
     let below = r.iter().filter(|&&x| x < threshold).count();
     let pass = below * 10 >= r.len() * 9;
     println!(
-        "{} samples are images: {below}/{} below the threshold {threshold:.3} (median R {:.3}; calibration: {data} median {:.3}, 99th pct {hi_data:.3}; noise median {:.3}, 1st pct {lo_noise:.3})",
+        "{} samples vs noise: {below}/{} below the threshold {threshold:.3} (median R {:.3}; calibration: {data} median {:.3}, 99th pct {hi_data:.3}; noise median {:.3}, 1st pct {lo_noise:.3})",
         if pass { "PASS" } else { "FAIL" },
         r.len(),
         percentile(&r, 0.5),
