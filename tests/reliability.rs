@@ -25,46 +25,19 @@ fn setup(dir: &Path) -> std::path::PathBuf {
 fn sigkill_at_random_moments_never_loses_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let imgs = setup(d);
+    setup(d);
     // Epochs of 2 steps: a checkpoint is written every few tens of milliseconds, so many
     // kills land during a write.
-    let args = [
-        "--config",
-        "tiny.json",
-        "--device",
-        "cpu",
-        "--seed",
-        "1",
-        "--data",
-        p(&imgs),
-        "--checkpoint",
-        "w.pth",
-        "--logdir",
-        "logs",
-    ];
+    let args = [&RUN[..], &base("w.pth")].concat();
     let mut rng = SplitMix64(42);
     let mut last_step = 0;
     let mut resumed = 0;
     let state = d.join("w.pth.state.safetensors");
     for round in 0..20 {
         let had_checkpoint = state.exists();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
-            .current_dir(d)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // The kill falls at a random moment of the training itself, however long the start
-        // takes on a busy machine.
-        let start = training_start(&mut child);
-        if round == 0 {
-            // The first run lives to its first save, so that every later one has a checkpoint.
-            wait_until(&mut child, "the first checkpoint", || state.exists());
-        }
-        std::thread::sleep(Duration::from_millis(rng.below(1000) as u64));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        // The first run lives to its first save, so that every later one has a checkpoint.
+        let first_save = (round == 0).then_some(state.as_path());
+        let start = kill_while_training(d, &args, first_save, rng.below(1000) as u64);
         if start.contains("resuming from") {
             resumed += 1;
         }
@@ -91,6 +64,28 @@ fn sigkill_at_random_moments_never_loses_the_checkpoint() {
     }
     assert!(last_step > 0, "training never got going");
     assert!(resumed >= 15, "only {resumed} of 20 runs resumed");
+}
+
+/// Starts `train` in `d` with `args`, waits until it trains (and until `first_save` exists,
+/// when given), lets it run `ms` more milliseconds and kills it (SIGKILL): the kill falls at a
+/// random moment of the training itself, however long the start takes on a busy machine.
+/// Returns its stdout up to the start of training.
+fn kill_while_training(d: &Path, args: &[&str], first_save: Option<&Path>, ms: u64) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = training_start(&mut child);
+    if let Some(file) = first_save {
+        wait_until(&mut child, "the first checkpoint", || file.exists());
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    start
 }
 
 /// `--data`, `--checkpoint` and `--logdir` for a run in a folder made by [`setup`].
@@ -215,9 +210,11 @@ fn malformed_images_and_weight_files_are_errors_not_panics() {
     }
 }
 
+/// The arguments of every `train` run here but the cuda check: the tiny config on the CPU, seed 1.
+const RUN: [&str; 6] = ["--config", "tiny.json", "--device", "cpu", "--seed", "1"];
+
 fn run_train(dir: &Path, extra: &[&str]) -> std::process::Output {
-    let args = ["--config", "tiny.json", "--device", "cpu", "--seed", "1"];
-    run_bin(env!("CARGO_BIN_EXE_train"), dir, &[&args[..], extra].concat())
+    run_bin(env!("CARGO_BIN_EXE_train"), dir, &[&RUN[..], extra].concat())
 }
 
 fn one_line_error(out: &std::process::Output) -> String {

@@ -1,6 +1,6 @@
-//! Checkpoints: weight files in the three formats users exchange with PyTorch ([`format`]),
-//! checked key by key and shape by shape against the model ([`keys`]), the full training state
-//! beside them ([`state`]), and models loaded for sampling ([`inference`]). Every file is
+//! Checkpoints: weight files in the three formats users exchange with PyTorch (`format.rs`),
+//! checked key by key and shape by shape against the model (`keys.rs`), the full training state
+//! beside them ([`state`]), and models loaded for sampling (`inference.rs`). Every file is
 //! written atomically (temporary file, fsync, rename: [`crate::fs::write_atomic`]).
 
 use std::path::Path;

@@ -4,9 +4,9 @@
 //!
 //! The original (REFERENCE.md §5) read every png/jpg/jpeg file of one folder with label 0 and
 //! divided the pixels by 255 with no resize and no colour conversion, so it only worked on
-//! 256×256 RGB files. Here any size and colour type is accepted ([`decode`]'s
+//! 256×256 RGB files. Here any size and colour type is accepted (`decode.rs`'s
 //! `Resize + CenterCrop`), and sub-folders become classes as in torchvision's `ImageFolder`
-//! ([`folder`]). The order of an epoch depends on (seed, epoch) only
+//! (`folder.rs`). The order of an epoch depends on (seed, epoch) only
 //! ([`crate::rng::epoch_order`]), so a run resumed mid-epoch sees exactly the batches it would
 //! have seen.
 

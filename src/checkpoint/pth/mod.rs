@@ -2,11 +2,11 @@
 //!
 //! Reading: libtorch's own unpickler turns a `collections.OrderedDict` (what
 //! `model.state_dict()` returns, so every file the original writes) into None, so this module
-//! carries a small pickle machine ([`pickle`]) for the opcodes `torch.save` emits and rebuilds
-//! tensors from the archive's storages ([`archive`]). Anything else in the pickle is refused by
+//! carries a small pickle machine (`pickle.rs`) for the opcodes `torch.save` emits and rebuilds
+//! tensors from the archive's storages (`archive.rs`). Anything else in the pickle is refused by
 //! name.
 //!
-//! Writing: libtorch's own serializer, through the C++ shim `writer.cpp` ([`write`]).
+//! Writing: libtorch's own serializer, through the C++ shim `writer.cpp` (`write.rs`).
 
 use std::path::Path;
 
