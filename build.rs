@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-changed=src/checkpoint/pth_writer.cpp");
+    println!("cargo:rerun-if-changed=src/checkpoint/pth/writer.cpp");
     println!("cargo:rerun-if-changed=src/torch_flags.cpp");
     let libtorch = env::var("LIBTORCH").unwrap_or_else(|_| {
         panic!("LIBTORCH is not set: run scripts/setup (it links the venv's torch as .libtorch)")
@@ -50,7 +50,7 @@ fn main() {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("src/checkpoint/pth_writer.cpp")
+        .file("src/checkpoint/pth/writer.cpp")
         .file("src/torch_flags.cpp")
         .compile("dit_pth_writer");
 }

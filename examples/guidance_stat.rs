@@ -26,7 +26,7 @@ fn main() -> Result<()> {
     let real: Vec<Vec<f64>> = (0..2)
         .map(|label| {
             let imgs: Vec<Tensor> = (0..256)
-                .filter(|&k| data.label(k) == label)
+                .filter(|&k| data.label(k) == Some(label))
                 .map(|k| Tensor::from_slice(&data.load(k).unwrap()).view([32, 32, 3]).permute([2, 0, 1]))
                 .collect();
             statistic(&(Tensor::stack(&imgs, 0).to_kind(Kind::Float) / 127.5 - 1.0))

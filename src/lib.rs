@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod diffusion;
+pub mod fs;
 pub mod model;
 pub mod optim;
 pub mod progress;

@@ -313,7 +313,7 @@ fn grid(images: &Tensor, nrow: i64, normalize: Normalize, padding: i64) -> RgbIm
 /// Writes a PNG atomically (temporary file beside it, then rename), creating parent folders;
 /// errors name the path.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    crate::checkpoint::write_atomic(path, |tmp| {
+    crate::fs::write_atomic(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png).context("PNG encoding failed")
     })
 }

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use tboard::EventWriter;
@@ -15,7 +15,6 @@ const HISTOGRAM_BUCKETS: i64 = 30;
 
 pub struct Logger {
     writer: EventWriter<File>,
-    dir: PathBuf,
 }
 
 /// One node of a GraphDef: a name whose `/` parts form the hierarchy, an op, its inputs.
@@ -42,11 +41,7 @@ impl Logger {
         let writer = EventWriter::create(dir)
             .map_err(tb_err)
             .with_context(|| format!("cannot create a TensorBoard event file in {}", dir.display()))?;
-        Ok(Self { writer, dir: dir.to_path_buf() })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Ok(Self { writer })
     }
 
     pub fn scalar(&mut self, tag: &str, step: i64, value: f64) -> Result<()> {

@@ -1,5 +1,5 @@
 //! The data module: odd and broken image files, the real photo set, the order of epochs, the
-//! cache, and the built-in procedural data sets (with a preview PNG for a human to look at).
+//! cache, and the built-in procedural data sets (and their preview grids).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dit::data::{
-    epoch_order, render_panda, render_red_panda, Batch, Dataset, Loader, BUILTIN_LEN, BUILTIN_PANDAS,
-    BUILTIN_PANDAS2,
+    render_panda, render_red_panda, Batch, Dataset, Loader, BUILTIN_LEN, BUILTIN_PANDAS, BUILTIN_PANDAS2,
 };
+use dit::rng::epoch_order;
 use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
 use tch::Kind;
 
@@ -440,8 +440,9 @@ fn sub_folders_are_classes() {
     let data = Dataset::open(dir.path().to_str().unwrap(), 4).unwrap();
     assert_eq!(data.class_names(), ["aardvark", "zebra"]);
     assert_eq!(data.len(), 5, "the loose file is ignored");
-    let labels: Vec<i64> = (0..5).map(|i| data.label(i)).collect();
+    let labels: Vec<i64> = (0..5).map(|i| data.label(i).unwrap()).collect();
     assert_eq!(labels, [0, 0, 0, 1, 1]);
+    assert_eq!(data.label(5), None, "no label past the end");
     assert!(data.describe().contains("2 classes"), "{}", data.describe());
 
     let single = numbered_folder(3);
@@ -472,7 +473,8 @@ fn builtin_pandas_are_deterministic_varied_and_look_like_pandas() {
     let data = Dataset::open(BUILTIN_PANDAS, SIZE).unwrap();
     assert_eq!(data.len(), BUILTIN_LEN);
     assert_eq!(data.class_names(), ["panda"]);
-    assert_eq!(data.label(4095), 0);
+    assert_eq!(data.label(4095), Some(0));
+    assert_eq!(data.label(BUILTIN_LEN), None);
     let first = data.load(0).unwrap();
     assert_eq!(first.len(), IMAGE_BYTES);
     assert_eq!(first, data.load(0).unwrap());
@@ -497,7 +499,8 @@ fn builtin_pandas2_has_two_visibly_different_classes() {
     let data = Dataset::open(BUILTIN_PANDAS2, SIZE).unwrap();
     assert_eq!(data.len(), BUILTIN_LEN);
     assert_eq!(data.class_names(), ["panda", "red_panda"]);
-    assert_eq!((0..4).map(|i| data.label(i)).collect::<Vec<_>>(), [0, 1, 0, 1]);
+    assert_eq!((0..4).map(|i| data.label(i).unwrap()).collect::<Vec<_>>(), [0, 1, 0, 1]);
+    assert_eq!(data.label(BUILTIN_LEN + 1), None);
     assert_eq!(data.load(1).unwrap(), render_red_panda(1, SIZE));
     assert_eq!(data.load(2).unwrap(), render_panda(2, SIZE));
     let class_mean = |label: usize| {
@@ -522,10 +525,45 @@ fn write_grid(path: &Path, side: u32, render: impl Fn(usize) -> Vec<u8>) {
 
 #[test]
 fn builtin_preview_images_are_written() {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&target).unwrap();
-    write_grid(&target.join("builtin_pandas_preview.png"), 64, |i| render_panda(i, 64));
+    let dir = tempfile::tempdir().unwrap();
     let pandas2 = Dataset::open(BUILTIN_PANDAS2, 64).unwrap();
-    write_grid(&target.join("builtin_pandas2_preview.png"), 64, |i| pandas2.load(i).unwrap());
-    write_grid(&target.join("builtin_pandas_preview_32.png"), 32, |i| render_panda(i, 32));
+    type Render<'a> = &'a dyn Fn(usize) -> Vec<u8>;
+    let previews: [(&str, u32, Render); 3] = [
+        ("builtin_pandas_preview.png", 64, &|i| render_panda(i, 64)),
+        ("builtin_pandas2_preview.png", 64, &|i| pandas2.load(i).unwrap()),
+        ("builtin_pandas_preview_32.png", 32, &|i| render_panda(i, 32)),
+    ];
+    for (name, side, render) in previews {
+        let path = dir.path().join(name);
+        write_grid(&path, side, render);
+        // The file reads back as the 4×4 grid of the first 16 images, pixel for pixel.
+        let grid = image::open(&path).unwrap_or_else(|e| panic!("{name}: {e}")).to_rgb8();
+        assert_eq!(grid.dimensions(), (4 * side, 4 * side), "{name}");
+        for k in 0..16u32 {
+            let tile = image::imageops::crop_imm(&grid, (k % 4) * side, (k / 4) * side, side, side);
+            assert_eq!(tile.to_image().into_raw(), render(k as usize), "{name}: image {k}");
+        }
+    }
+}
+
+/// FNV-1a, to compare many bytes with a number printed once.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
+}
+
+#[test]
+fn builtin_images_are_the_same_as_before_the_data_module_was_split() {
+    // Printed by the code before src/data.rs became src/data/: the built-in images, and so the
+    // quick start's training, must not change by a single byte.
+    let mut both = Vec::new();
+    for i in 0..8 {
+        both.extend(render_panda(i, 32));
+        both.extend(render_red_panda(i, 32));
+    }
+    assert_eq!(fnv1a(&both), 0x0c53_cc01_59c8_53a6);
+    let pandas2 = Dataset::open(BUILTIN_PANDAS2, 16).unwrap();
+    let loaded: Vec<u8> = [0, 1, 2, 3, 4095].into_iter().flat_map(|i| pandas2.load(i).unwrap()).collect();
+    assert_eq!(fnv1a(&loaded), 0xeeec_c329_cb39_cf19);
+    let order: Vec<u8> = epoch_order(1000, 7, 2).iter().flat_map(|&i| (i as u32).to_le_bytes()).collect();
+    assert_eq!(fnv1a(&order), 0x8a11_5dbe_3e60_1d6d);
 }

@@ -13,10 +13,6 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 const SMALL: &str = r#"{"img_size": 16, "patch_size": 4, "dit_num": 2, "head": 2, "label_num": 3, "emb_size": 16, "attention": "naive"}"#;
 
-fn model_cfg(json: &str) -> ModelConfig {
-    Config::from_json(&format!(r#"{{"model": {json}}}"#)).unwrap().model
-}
-
 fn inputs(dir: &Path, m: &ModelConfig) -> (Tensor, Tensor, Tensor) {
     tch::manual_seed(11);
     let x = Tensor::randn([2, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
@@ -29,19 +25,7 @@ fn inputs(dir: &Path, m: &ModelConfig) -> (Tensor, Tensor, Tensor) {
 }
 
 fn python_output(dir: &Path, cfg: &Path, weights: &Path) -> Tensor {
-    let out = dir.join("py.safetensors");
-    golden(&[
-        "forward",
-        "--config",
-        p(cfg),
-        "--weights",
-        p(weights),
-        "--inputs",
-        p(&dir.join("in.safetensors")),
-        "--out",
-        p(&out),
-    ]);
-    read(&out).remove("out").unwrap()
+    golden_forward(dir, cfg, weights, &dir.join("in.safetensors")).remove("out").unwrap()
 }
 
 fn convert(args: &[&str]) -> std::process::Output {
@@ -53,7 +37,7 @@ fn pytorch_weights_load_in_rust_through_every_format() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = write_config(d, SMALL);
-    let m = model_cfg(SMALL);
+    let m = model_config(SMALL);
     let (x, y, t) = inputs(d, &m);
     let pth = d.join("torch.pth");
     golden(&["init", "--config", p(&cfg), "--seed", "5", "--out", p(&pth)]);
@@ -80,7 +64,7 @@ fn rust_weights_load_in_pytorch_strictly_from_every_format() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cfg = write_config(d, SMALL);
-    let m = model_cfg(SMALL);
+    let m = model_config(SMALL);
     let (x, y, t) = inputs(d, &m);
     tch::manual_seed(9);
     let vs = VarStore::new(Device::Cpu);
@@ -105,7 +89,7 @@ fn convert_lists_every_mismatch_on_one_line() {
     let small = write_config(d, SMALL);
     let pth = d.join("small.pth");
     golden(&["init", "--config", p(&small), "--out", p(&pth)]);
-    // The seed config has 3 blocks of width 64: block 2 is missing, every width is wrong.
+    // A config of one block of width 24: block 1 is unexpected, every width is wrong.
     let other = d.join("other.json");
     std::fs::write(&other, r#"{"model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "label_num": 3, "emb_size": 24}}"#).unwrap();
     let out = convert(&[p(&pth), p(&d.join("x.ot")), "--config", p(&other)]);
@@ -138,6 +122,7 @@ fn convert_rejects_bad_files_with_one_line() {
         (vec![p(&absent), "out.ot"], "no such file"),
         (vec![p(&garbage), "out.ot"], "garbage.pth"),
         (vec![p(&garbage), "out.txt"], "unknown weight format"),
+        (vec![p(&garbage), "out.txt"], ".safetensors, .pth, .pt or .bin"),
     ];
     for (args, needle) in cases {
         let out = convert(&args);

@@ -4,37 +4,31 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-use dit::config::Config;
 use dit::diffusion::Schedule;
 use dit::sampling::{self, SampleOptions, SamplerKind};
 use dit::Dit;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-const TINY2: &str = r#"{
-  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16, "label_num": 2},
-  "diffusion": {"max_t": 50},
-  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 1, "data_path": "builtin:pandas2",
-            "cfg_dropout": 0.2, "preview": {"every_epochs": 0}}
+/// The tiny model on the two-class built-in data with label dropout, and a short schedule.
+const PANDAS2: &str = r#"{
+  "model": {"label_num": 2}, "diffusion": {"max_t": 50},
+  "train": {"data_path": "builtin:pandas2", "cfg_dropout": 0.2}
 }"#;
 
-fn train(d: &Path, config: &str, extra: &[&str]) -> std::process::Output {
-    std::fs::write(d.join("c.json"), config).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(d)
-        .args(["--config", "c.json", "--device", "cpu", "--seed", "2", "--logdir", "logs"])
-        .args(extra)
-        .output()
-        .unwrap()
+/// Trains the tiny config with `overrides` (after [`PANDAS2`]) in `d`.
+fn train(d: &Path, overrides: &[&str], extra: &[&str]) -> std::process::Output {
+    write_tiny_config(d, "c.json", &[&[PANDAS2], overrides].concat());
+    let args = ["--config", "c.json", "--device", "cpu", "--seed", "2", "--logdir", "logs"];
+    run_bin(env!("CARGO_BIN_EXE_train"), d, &[&args[..], extra].concat())
 }
 
 #[test]
 fn label_dropout_adds_a_no_label_row_the_original_loads_as_label_num_plus_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = train(d, TINY2, &["--checkpoint", "w.pth", "--max-steps", "3"]);
+    let out = train(d, &[], &["--checkpoint", "w.pth", "--max-steps", "3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("classes (label order): panda, red_panda"));
     let w: std::collections::HashMap<_, _> =
@@ -44,48 +38,28 @@ fn label_dropout_adds_a_no_label_row_the_original_loads_as_label_num_plus_one() 
     assert!(st.meta.config.model.null_label);
     assert_eq!(st.meta.classes, ["panda", "red_panda"]);
     // The Python reference, built as the original with label_num + 1, loads it strictly.
-    let cfg = write_config(
-        d,
-        r#"{"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16, "label_num": 3}"#,
-    );
+    let cfg = write_tiny_config(d, "original.json", &[PANDAS2, r#"{"model": {"label_num": 3}}"#]);
     let x = Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu));
     python_forward(d, &cfg, &d.join("w.pth"), &x, 2, 5);
 
     // Without dropout the shapes stay the original's.
-    let out = train(
-        d,
-        &TINY2.replace(r#""cfg_dropout": 0.2"#, r#""cfg_dropout": 0"#),
-        &["--checkpoint", "plain.ot", "--max-steps", "1"],
-    );
+    let out =
+        train(d, &[r#"{"train": {"cfg_dropout": 0}}"#], &["--checkpoint", "plain.ot", "--max-steps", "1"]);
     assert!(out.status.success());
     let w: std::collections::HashMap<_, _> =
         dit::checkpoint::read_tensors(&d.join("plain.ot")).unwrap().into_iter().collect();
     assert_eq!(w["label_emb.weight"].size(), [2, 16]);
 
     // More classes than labels is refused.
-    let out = train(d, &TINY2.replace(r#""label_num": 2"#, r#""label_num": 1"#), &["--checkpoint", "x.ot"]);
+    let out = train(d, &[r#"{"model": {"label_num": 1}}"#], &["--checkpoint", "x.ot"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("2 classes") && err.contains("label_num is 1"), "{err}");
 
     // Guidance from the binary: works on this model, refused on one without the extra row.
     let sample = |ckpt: &str, w: &str| {
-        Command::new(env!("CARGO_BIN_EXE_sample"))
-            .current_dir(d)
-            .args([
-                "--checkpoint",
-                ckpt,
-                "--sampler",
-                "ddim",
-                "--steps",
-                "5",
-                "--num",
-                "2",
-                "--device",
-                "cpu",
-            ])
-            .args(["--label", "red_panda", "--guidance", w, "--out", "s.png"])
-            .output()
-            .unwrap()
+        let args = ["--sampler", "ddim", "--steps", "5", "--num", "2", "--device", "cpu", "--out", "s.png"];
+        let guided = ["--checkpoint", ckpt, "--label", "red_panda", "--guidance", w];
+        run_bin(env!("CARGO_BIN_EXE_sample"), d, &[&args[..], &guided].concat())
     };
     let ok = sample("w.pth", "3");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
@@ -99,7 +73,7 @@ fn label_dropout_adds_a_no_label_row_the_original_loads_as_label_num_plus_one() 
 
 #[test]
 fn guidance_weight_zero_is_unconditional_and_one_is_conditional() {
-    let cfg = Config::from_json(TINY2).unwrap();
+    let cfg = tiny(&[PANDAS2]);
     let mut m = cfg.model.clone();
     m.null_label = true;
     tch::manual_seed(1);
@@ -124,14 +98,7 @@ fn guidance_weight_zero_is_unconditional_and_one_is_conditional() {
 
 #[test]
 fn shared_label_init_starts_every_class_from_row_zero_and_draws_nothing_extra() {
-    let cfg = dit::config::ModelConfig {
-        img_size: 16,
-        emb_size: 16,
-        head: 2,
-        dit_num: 1,
-        label_num: 3,
-        ..Default::default()
-    };
+    let cfg = tiny(&[r#"{"model": {"label_num": 3}}"#]).model;
     let build = || {
         tch::manual_seed(3);
         let vs = VarStore::new(Device::Cpu);
@@ -156,8 +123,8 @@ fn shared_label_init_starts_every_class_from_row_zero_and_draws_nothing_extra() 
     // few lr of each other, the independent ones a N(0, 1) draw apart.
     let spread = |label_init: &str| {
         let dir = tempfile::tempdir().unwrap();
-        let config = TINY2.replace(r#""cfg_dropout": 0.2"#, &format!(r#""label_init": "{label_init}""#));
-        let out = train(dir.path(), &config, &["--checkpoint", "w.ot", "--max-steps", "1"]);
+        let config = format!(r#"{{"train": {{"cfg_dropout": 0, "label_init": "{label_init}"}}}}"#);
+        let out = train(dir.path(), &[&config], &["--checkpoint", "w.ot", "--max-steps", "1"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let w: std::collections::HashMap<_, _> =
             dit::checkpoint::read_tensors(&dir.path().join("w.ot")).unwrap().into_iter().collect();

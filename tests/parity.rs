@@ -61,22 +61,12 @@ fn spec_shapes(m: &ModelConfig) -> BTreeMap<String, Vec<i64>> {
     s
 }
 
-fn model_shapes(m: &ModelConfig) -> BTreeMap<String, Vec<i64>> {
-    let vs = VarStore::new(Device::Cpu);
-    let _dit = Dit::new(&vs.root(), m);
-    vs.variables().into_iter().map(|(k, t)| (k, t.size())).collect()
-}
-
-fn model_cfg(json: &str) -> ModelConfig {
-    Config::from_json(&format!(r#"{{"model": {json}}}"#)).unwrap().model
-}
-
 #[test]
 fn keys_and_shapes_equal_the_specification() {
     for json in [SEED, SMALL] {
-        let m = model_cfg(json);
+        let m = model_config(json);
         let spec = spec_shapes(&m);
-        assert_eq!(model_shapes(&m), spec, "model {json}");
+        assert_eq!(dit::checkpoint::expected_shapes(&m), spec, "model {json}");
         // And the Python reference's state_dict agrees with the same table.
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), json);
@@ -84,7 +74,7 @@ fn keys_and_shapes_equal_the_specification() {
             serde_json::from_str(&golden(&["keys", "--config", p(&cfg)])).unwrap();
         assert_eq!(py, spec, "reference {json}");
     }
-    let seed = spec_shapes(&model_cfg(SEED));
+    let seed = spec_shapes(&model_config(SEED));
     assert_eq!(seed.len(), 102);
     assert_eq!(seed.values().map(|s| s.iter().product::<i64>()).sum::<i64>(), 773_344);
 }
@@ -93,7 +83,7 @@ fn keys_and_shapes_equal_the_specification() {
 fn position_emb_is_uniform_in_unit_interval() {
     tch::manual_seed(3);
     let vs = VarStore::new(Device::Cpu);
-    let _dit = Dit::new(&vs.root(), &model_cfg(SEED));
+    let _dit = Dit::new(&vs.root(), &model_config(SEED));
     let pe = &vs.variables()["position_emb"];
     let (lo, hi) = (pe.min().double_value(&[]), pe.max().double_value(&[]));
     assert!(lo >= 0.0 && hi < 1.0 && hi > 0.99 && lo < 0.01, "[{lo}, {hi}]");
@@ -143,22 +133,11 @@ fn gradient_bound(attention: Attention) -> f64 {
 
 fn forward_and_gradients(json: &str, batch: i64, attention: Attention) {
     let dir = tempfile::tempdir().unwrap();
-    let m = model_cfg(json);
+    let m = model_config(json);
     let cfg = write_config(dir.path(), json);
     let (vs, dit, x, y, t, target) = setup(dir.path(), &m, batch, attention);
-    let out_path = dir.path().join("py.safetensors");
-    golden(&[
-        "forward",
-        "--config",
-        p(&cfg),
-        "--weights",
-        p(&dir.path().join("w.safetensors")),
-        "--inputs",
-        p(&dir.path().join("in.safetensors")),
-        "--out",
-        p(&out_path),
-    ]);
-    let py = read(&out_path);
+    let d = dir.path();
+    let py = golden_forward(d, &cfg, &d.join("w.safetensors"), &d.join("in.safetensors"));
 
     let out = dit.forward(&x, &y, &t);
     let err = max_abs_diff(&out, &py["out"]);

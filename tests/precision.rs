@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use dit::config::{Attention, ModelConfig, Precision, RuntimeConfig};
+use dit::config::{Attention, Precision, RuntimeConfig};
 use dit::Dit;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -29,14 +29,7 @@ fn forward_and_grads(model: &mut Dit, vs: &VarStore, runtime: RuntimeConfig) -> 
 #[test]
 fn bf16_forward_and_gradients_track_fp32_and_stay_float32() {
     for attention in [Attention::Naive, Attention::Fused] {
-        let cfg = ModelConfig {
-            img_size: 16,
-            emb_size: 16,
-            head: 2,
-            dit_num: 2,
-            label_num: 2,
-            ..Default::default()
-        };
+        let cfg = tiny(&[r#"{"model": {"dit_num": 2, "label_num": 2}}"#]).model;
         tch::manual_seed(4);
         let vs = VarStore::new(Device::Cpu);
         let mut model = Dit::new(&vs.root(), &cfg);
@@ -62,18 +55,11 @@ fn bf16_forward_and_gradients_track_fp32_and_stay_float32() {
     }
 }
 
-const TINY: &str = r#"{
-  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16},
-  "diffusion": {"max_t": 100},
-  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 1, "data_path": "builtin:pandas",
-            "epoch": 3, "preview": {"every_epochs": 0}}
-}"#;
-
 #[test]
 fn bf16_training_saves_float32_weights_resumes_in_fp32_and_samples_close_to_fp32() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("c.json"), TINY).unwrap();
+    write_tiny_config(d, "c.json", &[r#"{"train": {"epoch": 3}}"#]);
     let train = env!("CARGO_BIN_EXE_train");
     let common = ["--config", "c.json", "--device", "cpu", "--seed", "3", "--checkpoint", "w.safetensors"];
     run_ok(train, d, &[&common[..], &["--precision", "bf16", "--max-steps", "3"]].concat());

@@ -9,77 +9,43 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use dit::rng::SplitMix64;
 
-/// A small deterministic generator for the property tests (SplitMix64).
-struct Rng(u64);
+/// The tiny config with no end in sight (100 000 epochs): the runs here stop by --max-steps,
+/// a failure or a kill.
+const ENDLESS: &str = r#"{"train": {"epoch": 100000}}"#;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = dit::rng::splitmix64(self.0);
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-const TINY: &str = r#"{
-  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16},
-  "diffusion": {"max_t": 100},
-  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 1, "epoch": 100000,
-            "preview": {"every_epochs": 0}}
-}"#;
-
-fn image_folder(dir: &Path) -> std::path::PathBuf {
-    let imgs = dir.join("imgs");
-    std::fs::create_dir_all(&imgs).unwrap();
-    for i in 0..16 {
-        let px = dit::data::render_panda(i, 16);
-        image::RgbImage::from_raw(16, 16, px).unwrap().save(imgs.join(format!("{i:02}.png"))).unwrap();
-    }
-    imgs
+/// Writes the tiny config as `tiny.json` and the 16-image folder into `dir`; returns the folder.
+fn setup(dir: &Path) -> std::path::PathBuf {
+    write_tiny_config(dir, "tiny.json", &[ENDLESS]);
+    panda_folder(dir)
 }
 
 #[test]
 fn sigkill_at_random_moments_never_loses_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("tiny.json"), TINY).unwrap();
-    let imgs = image_folder(d);
+    setup(d);
     // Epochs of 2 steps: a checkpoint is written every few tens of milliseconds, so many
     // kills land during a write.
-    let args = [
-        "--config",
-        "tiny.json",
-        "--device",
-        "cpu",
-        "--seed",
-        "1",
-        "--data",
-        p(&imgs),
-        "--checkpoint",
-        "w.pth",
-        "--logdir",
-        "logs",
-    ];
-    let mut rng = Rng(42);
+    let args = [&RUN[..], &base("w.pth")].concat();
+    let mut rng = SplitMix64(42);
     let mut last_step = 0;
     let mut resumed = 0;
+    let state = d.join("w.pth.state.safetensors");
     for round in 0..20 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
-            .current_dir(d)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300 + rng.below(1200) as u64));
-        child.kill().unwrap(); // SIGKILL
-        let out = child.wait_with_output().unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains("resuming from") {
+        let had_checkpoint = state.exists();
+        // The first run lives to its first save, so that every later one has a checkpoint.
+        let first_save = (round == 0).then_some(state.as_path());
+        let start = kill_while_training(d, &args, first_save, rng.below(1000) as u64);
+        if start.contains("resuming from") {
             resumed += 1;
         }
-        let state = d.join("w.pth.state.safetensors");
+        assert_eq!(
+            start.contains("resuming from"),
+            had_checkpoint,
+            "round {round} resumed iff it had a checkpoint"
+        );
         if !state.exists() {
             assert_eq!(round, 0, "the checkpoint vanished in round {round}");
             continue;
@@ -100,15 +66,61 @@ fn sigkill_at_random_moments_never_loses_the_checkpoint() {
     assert!(resumed >= 15, "only {resumed} of 20 runs resumed");
 }
 
+/// Starts `train` in `d` with `args`, waits until it trains (and until `first_save` exists,
+/// when given), lets it run `ms` more milliseconds and kills it (SIGKILL): the kill falls at a
+/// random moment of the training itself, however long the start takes on a busy machine.
+/// Returns its stdout up to the start of training.
+fn kill_while_training(d: &Path, args: &[&str], first_save: Option<&Path>, ms: u64) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = training_start(&mut child);
+    if let Some(file) = first_save {
+        wait_until(&mut child, "the first checkpoint", || file.exists());
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    start
+}
+
+/// `--data`, `--checkpoint` and `--logdir` for a run in a folder made by [`setup`].
+fn base(checkpoint: &str) -> [&str; 6] {
+    ["--data", "imgs", "--checkpoint", checkpoint, "--logdir", "logs"]
+}
+
+/// A folder made by [`setup`] where a first run saved `checkpoint` after one epoch (2 steps).
+fn after_one_epoch(checkpoint: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let out = run_train(dir.path(), &[&base(checkpoint)[..], &["--max-steps", "2"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+/// Reads the child's stdout up to the line that ends the start ("checkpoints: …", printed just
+/// before the first step) and returns what it read; panics if the child ends before it.
+fn training_start(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut stdout = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+    let mut start = String::new();
+    while !start.lines().any(|line| line.starts_with("checkpoints: ")) {
+        let read = stdout.read_line(&mut start).unwrap();
+        assert!(read > 0, "train ended before training:\n{start}");
+    }
+    start
+}
+
 #[test]
 fn a_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("tiny.json"), TINY).unwrap();
-    let imgs = image_folder(d);
-    let base = ["--data", p(&imgs), "--checkpoint", "w.ot", "--logdir", "logs"];
-    assert!(run_train(d, &[&base[..], &["--max-steps", "2"]].concat()).status.success());
-    let before = std::fs::read(d.join("w.ot")).unwrap();
+    let dir = after_one_epoch("w.ot");
+    let (d, base) = (dir.path(), base("w.ot"));
+    let state = d.join("w.ot.state.safetensors");
+    let before = (std::fs::read(d.join("w.ot")).unwrap(), std::fs::read(&state).unwrap());
     // An absurd learning rate drives the weights, then the loss, to infinity.
     let out = run_train(d, &[&base[..], &["--lr", "1e30", "--max-steps", "200"]].concat());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -121,13 +133,18 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint() {
         w.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1),
         "a non-finite checkpoint was saved"
     );
-    assert!(!before.is_empty());
+    // Step 2 runs on the saved weights and moves them by about 1e30; step 3's loss overflows.
+    // The first run saved at step 2, the end of epoch 1, and the next save would come at the
+    // end of epoch 2 (step 4): both files are still those of step 2, byte for byte.
+    assert!(err.contains("at step 3;"), "{err}");
+    let after = (std::fs::read(d.join("w.ot")).unwrap(), std::fs::read(&state).unwrap());
+    assert!(after == before, "the checkpoint of step 2 changed");
 }
 
 #[test]
 fn malformed_configs_are_errors_not_panics() {
     let valid = std::fs::read_to_string(root().join("config.json")).unwrap();
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64(7);
     let alphabet = b"{}[]\":,0123456789-.eE truefalsnul\\x";
     for _ in 0..3000 {
         let mut bytes = valid.as_bytes().to_vec();
@@ -160,7 +177,7 @@ fn malformed_images_and_weight_files_are_errors_not_panics() {
     let t = tch::Tensor::arange(12, (tch::Kind::Float, tch::Device::Cpu)).view([3, 4]);
     dit::checkpoint::write_tensors(&pth_path, &[("a.weight".to_string(), t)]).unwrap();
     let seeds = [(png_path, "png"), (jpg_path, "jpg"), (pth_path, "pth")];
-    let mut rng = Rng(11);
+    let mut rng = SplitMix64(11);
     for (seed, ext) in &seeds {
         let original = std::fs::read(seed).unwrap();
         for round in 0..150 {
@@ -170,7 +187,7 @@ fn malformed_images_and_weight_files_are_errors_not_panics() {
                 _ => {
                     for _ in 0..1 + rng.below(8) {
                         let i = rng.below(bytes.len());
-                        bytes[i] = rng.next() as u8;
+                        bytes[i] = rng.next_u64() as u8;
                     }
                 }
             }
@@ -193,13 +210,11 @@ fn malformed_images_and_weight_files_are_errors_not_panics() {
     }
 }
 
+/// The arguments of every `train` run here but the cuda check: the tiny config on the CPU, seed 1.
+const RUN: [&str; 6] = ["--config", "tiny.json", "--device", "cpu", "--seed", "1"];
+
 fn run_train(dir: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(dir)
-        .args(["--config", "tiny.json", "--device", "cpu", "--seed", "1"])
-        .args(extra)
-        .output()
-        .unwrap()
+    run_bin(env!("CARGO_BIN_EXE_train"), dir, &[&RUN[..], extra].concat())
 }
 
 fn one_line_error(out: &std::process::Output) -> String {
@@ -218,8 +233,7 @@ fn one_line_error(out: &std::process::Output) -> String {
 fn environment_problems_are_found_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("tiny.json"), TINY).unwrap();
-    let imgs = image_folder(d);
+    let imgs = setup(d);
     std::fs::write(d.join("a_file"), b"").unwrap();
     let data = ["--data", p(&imgs)];
     // A checkpoint folder that cannot exist (its parent is a file); root ignores permissions,
@@ -234,43 +248,36 @@ fn environment_problems_are_found_before_training() {
     let out = run_train(d, &["--data", "no/such/folder", "--checkpoint", "w.ot"]);
     assert!(one_line_error(&out).contains("no/such/folder"));
     if !tch::Cuda::is_available() {
-        let out = Command::new(env!("CARGO_BIN_EXE_train"))
-            .current_dir(d)
-            .args(["--config", "tiny.json", "--device", "cuda"])
-            .args(data)
-            .output()
-            .unwrap();
+        let cuda = ["--config", "tiny.json", "--device", "cuda"];
+        let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &[&cuda[..], &data].concat());
         assert!(one_line_error(&out).contains("--device cuda"));
     }
 }
 
 #[test]
 fn a_checkpoint_of_another_model_or_a_corrupt_state_is_refused_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("tiny.json"), TINY).unwrap();
-    let imgs = image_folder(d);
-    let base = ["--data", p(&imgs), "--checkpoint", "w.safetensors", "--logdir", "logs"];
-    assert!(run_train(d, &[&base[..], &["--max-steps", "2"]].concat()).status.success());
+    let dir = after_one_epoch("w.safetensors");
+    let (d, base) = (dir.path(), base("w.safetensors"));
     let state = d.join("w.safetensors.state.safetensors");
     let saved = std::fs::read(&state).unwrap();
+    let weights = std::fs::read(d.join("w.safetensors")).unwrap();
 
     // Another architecture: a different emb_size.
-    std::fs::write(d.join("other.json"), TINY.replace(r#""emb_size": 16"#, r#""emb_size": 24"#)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(d)
-        .args(["--config", "other.json", "--device", "cpu"])
-        .args(base)
-        .output()
-        .unwrap();
+    write_tiny_config(d, "other.json", &[ENDLESS, r#"{"model": {"emb_size": 24}}"#]);
+    let other = ["--config", "other.json", "--device", "cpu"];
+    let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &[&other[..], &base].concat());
     assert!(one_line_error(&out).contains("different model section"));
     assert_eq!(std::fs::read(&state).unwrap(), saved, "the state file changed");
+    assert!(std::fs::read(d.join("w.safetensors")).unwrap() == weights, "the weights changed");
 
     // A truncated state file.
-    std::fs::write(&state, &saved[..saved.len() / 2]).unwrap();
+    let truncated = &saved[..saved.len() / 2];
+    std::fs::write(&state, truncated).unwrap();
     let out = run_train(d, &[&base[..], &["--max-steps", "4"]].concat());
     assert!(one_line_error(&out).contains("w.safetensors.state.safetensors"));
     assert_eq!(std::fs::read(&state).unwrap().len(), saved.len() / 2, "the state file changed");
+    assert!(std::fs::read(&state).unwrap() == truncated, "the state file changed");
+    assert!(std::fs::read(d.join("w.safetensors")).unwrap() == weights, "the weights changed");
 
     // A weight file that is not one.
     std::fs::remove_file(&state).unwrap();
@@ -284,12 +291,8 @@ fn a_checkpoint_of_another_model_or_a_corrupt_state_is_refused_untouched() {
 fn a_failing_save_is_an_error_and_keeps_the_previous_checkpoint() {
     // A full disk and any other write failure take the same path: the temporary file cannot
     // be written. Here a directory sits where the temporary file must go.
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("tiny.json"), TINY).unwrap();
-    let imgs = image_folder(d);
-    let base = ["--data", p(&imgs), "--checkpoint", "w.ot", "--logdir", "logs"];
-    assert!(run_train(d, &[&base[..], &["--max-steps", "2"]].concat()).status.success());
+    let dir = after_one_epoch("w.ot");
+    let (d, base) = (dir.path(), base("w.ot"));
     let (weights, state) =
         (std::fs::read(d.join("w.ot")).unwrap(), std::fs::read(d.join("w.ot.state.safetensors")).unwrap());
     std::fs::create_dir(d.join(".tmp-w.ot.state.safetensors")).unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use dit::checkpoint::state::{self, TrainMeta};
@@ -14,14 +14,11 @@ use dit::sampling::{self, Normalize, SampleOptions, SamplerKind};
 use dit::{Config, Dit};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-/// A tiny model and a short schedule, so that a full DDPM run takes a moment.
-const TINY: &str = r#"{
-  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "label_num": 2, "emb_size": 16},
-  "diffusion": {"max_t": 50}
-}"#;
+/// The tiny model with two labels and a short schedule, so that a full DDPM run takes a moment.
+const SAMPLING: &str = r#"{"model": {"label_num": 2}, "diffusion": {"max_t": 50}}"#;
 
 fn tiny_config() -> Config {
-    Config::from_json(TINY).unwrap()
+    tiny(&[SAMPLING])
 }
 
 /// A randomly initialised tiny model.
@@ -34,8 +31,7 @@ fn tiny_model(seed: i64) -> (VarStore, Dit) {
 
 /// Writes the tiny config and random weights (saved from Rust as .safetensors) into `dir`.
 fn tiny_checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
-    let config = dir.join("tiny.json");
-    std::fs::write(&config, TINY).unwrap();
+    let config = write_tiny_config(dir, "tiny.json", &[SAMPLING]);
     let weights = dir.join("tiny.safetensors");
     let (vs, _) = tiny_model(3);
     dit::checkpoint::save_weights(&vs, &weights).unwrap();
@@ -44,7 +40,7 @@ fn tiny_checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Runs the `sample` binary in `dir` (so a default output lands there).
 fn sample_bin(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sample")).current_dir(dir).args(args).output().unwrap()
+    run_bin(env!("CARGO_BIN_EXE_sample"), dir, args)
 }
 
 fn ok(out: &Output) -> String {
@@ -75,43 +71,12 @@ fn ddpm_equals_the_original_for_the_same_seed() {
     let (config, weights) = tiny_checkpoint(d);
     for seed in ["7", "1234"] {
         let py = d.join(format!("py{seed}.safetensors"));
-        golden(&[
-            "sample",
-            "--config",
-            p(&config),
-            "--weights",
-            p(&weights),
-            "--seed",
-            seed,
-            "--num",
-            "3",
-            "--label",
-            "1",
-            "--out",
-            p(&py),
-        ]);
+        let draw = ["--config", p(&config), "--seed", seed, "--num", "3", "--label", "1"];
+        golden(&[&["sample", "--weights", p(&weights), "--out", p(&py)][..], &draw].concat());
         let rs = d.join(format!("rs{seed}.safetensors"));
-        ok(&sample_bin(
-            d,
-            &[
-                "--checkpoint",
-                p(&weights),
-                "--config",
-                p(&config),
-                "--sampler",
-                "ddpm",
-                "--seed",
-                seed,
-                "--num",
-                "3",
-                "--label",
-                "1",
-                "--tensor-out",
-                p(&rs),
-                "--device",
-                "cpu",
-            ],
-        ));
+        let rust =
+            ["--checkpoint", p(&weights), "--sampler", "ddpm", "--tensor-out", p(&rs), "--device", "cpu"];
+        ok(&sample_bin(d, &[&rust[..], &draw].concat()));
         assert!(!d.join("samples.png").exists(), "no default grid when --tensor-out is given");
         let expected = read(&py).remove("images").unwrap();
         let got = read(&rs).remove("images").unwrap();
@@ -363,8 +328,7 @@ fn bad_arguments_end_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (config, weights) = tiny_checkpoint(d);
-    let other = d.join("other.json");
-    std::fs::write(&other, TINY.replace(r#""emb_size": 16"#, r#""emb_size": 8"#)).unwrap();
+    let other = write_tiny_config(d, "other.json", &[SAMPLING, r#"{"model": {"emb_size": 8}}"#]);
     let ck = ["--checkpoint", p(&weights), "--config", p(&config), "--device", "cpu"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--checkpoint", "nowhere.safetensors"], "no such checkpoint"),

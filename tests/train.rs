@@ -5,23 +5,23 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::*;
 use tch::{Device, Kind, Tensor};
 
-const TINY: &str = r#"{
-  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16},
-  "diffusion": {"max_t": 100},
-  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 2, "data_path": "builtin:pandas",
-            "epoch": 3, "ema_decay": 0.9, "lr_schedule": "cosine", "warmup_steps": 2,
+/// The tiny config with every addition to the original switched on: 3 epochs of
+/// `builtin:pandas` on 2 workers, EMA, a cosine schedule after 2 warm-up steps, histograms
+/// every 2 steps and a 10-step DDIM preview of 4 images after every epoch.
+const TRAIN: &str = r#"{
+  "train": {"num_workers": 2, "epoch": 3, "ema_decay": 0.9, "lr_schedule": "cosine", "warmup_steps": 2,
             "histogram_every": 2, "preview": {"sampler": "ddim", "steps": 10, "every_epochs": 1, "num": 4}}
 }"#;
 
 fn train(dir: &Path, extra: &[&str]) -> Output {
     let cfg = dir.join("tiny.json");
     if !cfg.exists() {
-        std::fs::write(&cfg, TINY).unwrap();
+        write_tiny_config(dir, "tiny.json", &[TRAIN]);
     }
     let args = [&["--config", p(&cfg), "--device", "cpu", "--seed", "5"][..], extra].concat();
     run_ok(env!("CARGO_BIN_EXE_train"), dir, &args)
@@ -46,8 +46,8 @@ fn assert_identical(a: &Path, b: &Path) {
 fn restart_continues_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // 2 epochs of 512 images / 8 = 64 batches would be slow: use --max-steps inside epoch 1,
-    // and a restart that crosses nothing but the step count.
+    // An epoch of builtin:pandas is 4096 images / 8 = 512 batches, too slow here: stop with
+    // --max-steps inside epoch 1, and restart across nothing but the step count.
     train(d, &["--checkpoint", "one/w.safetensors", "--logdir", "one/logs", "--max-steps", "7"]);
     let first = train(d, &["--checkpoint", "two/w.safetensors", "--logdir", "two/logs", "--max-steps", "3"]);
     assert!(String::from_utf8_lossy(&first.stdout).contains("reached --max-steps at step 3"));
@@ -81,12 +81,7 @@ fn full_epochs_log_every_tag_and_previews() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A 16-image folder so that epochs are 2 steps long.
-    let imgs = d.join("imgs");
-    std::fs::create_dir(&imgs).unwrap();
-    for i in 0..16 {
-        let px = dit::data::render_panda(i, 16);
-        image::RgbImage::from_raw(16, 16, px).unwrap().save(imgs.join(format!("{i:02}.png"))).unwrap();
-    }
+    let imgs = panda_folder(d);
     let out = train(d, &["--data", p(&imgs), "--checkpoint", "w.pth", "--logdir", "logs", "--epochs", "3"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("DIT(") && stdout.contains("epoch 3/3: mean loss"), "{stdout}");
@@ -129,28 +124,60 @@ fn full_epochs_log_every_tag_and_previews() {
 fn weights_only_checkpoint_starts_with_a_fresh_optimizer() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cfg =
-        write_config(d, r#"{"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16}"#);
+    let cfg = write_tiny_config(d, "tiny.json", &[TRAIN]);
     golden(&["init", "--config", p(&cfg), "--seed", "3", "--out", p(&d.join("orig.pth"))]);
-    let out = train(d, &["--checkpoint", "orig.pth", "--logdir", "logs", "--max-steps", "1"]);
+    let given = weights(&d.join("orig.pth"));
+    // One step at a negligible learning rate: the weights it saves are those it started from.
+    let one_step = ["--logdir", "logs", "--max-steps", "1", "--lr", "1e-9"];
+    let out = train(d, &[&["--checkpoint", "orig.pth"][..], &one_step].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("starting from the weights in orig.pth with a fresh optimizer"), "{stdout}");
     assert!(d.join("orig.pth.state.safetensors").exists());
+    let st = dit::checkpoint::state::load(&d.join("orig.pth.state.safetensors")).unwrap();
+    let distance = |found: &[(String, Tensor)]| {
+        assert_eq!(
+            found.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            given.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+        found.iter().zip(&given).map(|((_, a), (_, b))| max_abs_diff(a, b)).fold(0.0, f64::max)
+    };
+    let group = |name: &str| {
+        st.group(name).unwrap().iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>()
+    };
+    assert!(distance(&weights(&d.join("orig.pth"))) < 1e-6, "the saved weights are not the given ones");
+    assert!(distance(&group("model")) < 1e-6 && distance(&group("ema")) < 1e-6);
+    // The same step without the file starts from the model's own random weights, far away.
+    train(d, &[&["--checkpoint", "fresh.pth"][..], &one_step].concat());
+    assert!(distance(&weights(&d.join("fresh.pth"))) > 0.1);
+    // A fresh optimizer: the counters start from 0, and Adam's moments are those of one step
+    // from zero, m = (1 − β1)·g and v = (1 − β2)·g², so m² / v = 0.01 / 0.001 = 10.
+    assert_eq!((st.meta.step, st.meta.epoch, st.meta.batch_in_epoch), (1, 0, 1));
+    let v = st.group("adam_v").unwrap();
+    for (name, m) in st.group("adam_m").unwrap() {
+        let significant = v[name].gt(1e-30);
+        let ratio = (m * m / &v[name]).masked_select(&significant);
+        if ratio.numel() == 0 {
+            continue; // no gradient above rounding noise in this tensor
+        }
+        let off = (ratio - 10.0).abs().max().double_value(&[]);
+        assert!(off < 1e-3, "{name}: m²/v is off 10 by {off}");
+    }
 }
 
 #[test]
 fn sigterm_saves_and_exits_within_a_step() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("tiny.json"), TINY).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_train"))
+    write_tiny_config(d, "tiny.json", &[TRAIN]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
         .current_dir(d)
         .args(["--config", "tiny.json", "--device", "cpu", "--checkpoint", "w.ot", "--logdir", "logs"])
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until training is under way (the first epoch is 512 steps, a minute or more).
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    // Wait until training is under way: the first step's loss is in the TensorBoard log (the
+    // first epoch is 512 steps, a minute or more, so the signal lands inside it).
+    wait_for_event(&mut child, &d.join("logs"), "Loss/batch");
     let pid = child.id() as i32;
     Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     let started = std::time::Instant::now();
@@ -161,6 +188,16 @@ fn sigterm_saves_and_exits_within_a_step() {
     assert!(stdout.contains("interrupted at step"), "{stdout}");
     let st = dit::checkpoint::state::load(&d.join("w.ot.state.safetensors")).unwrap();
     assert!(st.meta.step > 0 && st.meta.epoch == 0);
+}
+
+/// Waits until an event file in `logdir` holds `tag` (the writer does not buffer).
+fn wait_for_event(child: &mut Child, logdir: &Path, tag: &str) {
+    let holds_tag = |path: std::path::PathBuf| {
+        std::fs::read(path).is_ok_and(|bytes| bytes.windows(tag.len()).any(|w| w == tag.as_bytes()))
+    };
+    wait_until(child, &format!("{tag} in {}", logdir.display()), || {
+        std::fs::read_dir(logdir).into_iter().flatten().flatten().any(|entry| holds_tag(entry.path()))
+    });
 }
 
 #[test]

@@ -12,8 +12,9 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::write_atomic;
+use super::keys::{check_keys, Shapes};
 use crate::config::Config;
+use crate::fs::write_atomic;
 
 /// Version of the state layout, stored in the file so future changes can read old files.
 const STATE_VERSION: u32 = 1;
@@ -115,11 +116,11 @@ pub fn load(path: &Path) -> Result<TrainState> {
 }
 
 /// Checks every group of the state against the model's names and shapes.
-pub fn check_against(path: &Path, state: &TrainState, expected: &BTreeMap<String, Vec<i64>>) -> Result<()> {
+pub fn check_against(path: &Path, state: &TrainState, expected: &Shapes) -> Result<()> {
     for (group, tensors) in &state.groups {
         let found: Vec<(String, Tensor)> =
             tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
-        super::check_keys(path, expected, &found).with_context(|| format!("group {group}"))?;
+        check_keys(path, expected, &found).with_context(|| format!("group {group}"))?;
     }
     Ok(())
 }

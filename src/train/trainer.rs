@@ -206,7 +206,7 @@ impl Trainer {
     }
 
     /// The parameters' names and shapes.
-    pub fn shapes(&self) -> std::collections::BTreeMap<String, Vec<i64>> {
-        self.names.iter().cloned().zip(self.params.iter().map(Tensor::size)).collect()
+    pub fn shapes(&self) -> checkpoint::Shapes {
+        checkpoint::shapes(&self.vs)
     }
 }

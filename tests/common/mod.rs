@@ -1,11 +1,79 @@
 //! Helpers shared by the integration tests: the project's Python reference (in the venv that
-//! scripts/setup made; a missing venv fails the test, it never skips it) and temp folders.
+//! scripts/setup made; a missing venv fails the test, it never skips it), the tiny config the
+//! end-to-end tests train, a small image folder, and running the binaries.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
+use dit::config::{Config, ModelConfig};
+use serde_json::Value;
 use tch::Tensor;
+
+/// The tiny setting every end-to-end test starts from: 16×16 images in 16 patches, one block
+/// of width 16 with two heads, 100 noise steps, batches of 8 built-in pandas on one worker,
+/// no previews. 15 168 parameters: a training step takes milliseconds on the CPU.
+const TINY: &str = r#"{
+  "model": {"img_size": 16, "patch_size": 4, "dit_num": 1, "head": 2, "emb_size": 16},
+  "diffusion": {"max_t": 100},
+  "train": {"batch_size": 8, "lr": 0.001, "num_workers": 1, "data_path": "builtin:pandas",
+            "preview": {"every_epochs": 0}}
+}"#;
+
+/// The tiny config as JSON text, with each of `overrides` (JSON objects, applied in order)
+/// merged in field by field: `{"train": {"epoch": 3}}` changes only `train.epoch`.
+pub fn tiny_config(overrides: &[&str]) -> String {
+    let mut config: Value = serde_json::from_str(TINY).unwrap();
+    for text in overrides {
+        let patch: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("override {text}: {e}"));
+        merge(&mut config, patch);
+    }
+    let text = config.to_string();
+    Config::from_json(&text).unwrap_or_else(|e| panic!("tiny config {text}: {e:#}"));
+    text
+}
+
+/// The tiny config, parsed.
+pub fn tiny(overrides: &[&str]) -> Config {
+    Config::from_json(&tiny_config(overrides)).unwrap()
+}
+
+/// Writes `tiny_config(overrides)` to `dir/name`; returns the path.
+pub fn write_tiny_config(dir: &Path, name: &str, overrides: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, tiny_config(overrides)).unwrap();
+    path
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, patch) => *base = patch,
+    }
+}
+
+/// A model section given as JSON object text, parsed with every other field at its default.
+pub fn model_config(json: &str) -> ModelConfig {
+    Config::from_json(&format!(r#"{{"model": {json}}}"#)).unwrap().model
+}
+
+/// A folder `dir/imgs` of the first 16 built-in pandas as 16×16 PNGs (at batch 8, epochs of
+/// 2 steps); returns its path.
+pub fn panda_folder(dir: &Path) -> PathBuf {
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..16 {
+        let px = dit::data::render_panda(i, 16);
+        image::RgbImage::from_raw(16, 16, px).unwrap().save(imgs.join(format!("{i:02}.png"))).unwrap();
+    }
+    imgs
+}
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,7 +105,7 @@ pub fn p(path: &Path) -> &str {
 }
 
 /// Reads a safetensors file into a name → tensor map.
-pub fn read(path: &Path) -> std::collections::HashMap<String, Tensor> {
+pub fn read(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path).unwrap().into_iter().collect()
 }
 
@@ -53,10 +121,19 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).norm().double_value(&[]) / denom.max(1e-30)
 }
 
+/// Runs the binary `bin` in `dir` with `args` and returns its output, success or not.
+pub fn run_bin(bin: &str, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
 /// Runs the binary `bin` in `dir` with `args`; panics with its stdout and stderr unless it
 /// succeeds.
 pub fn run_ok(bin: &str, dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(bin).current_dir(dir).args(args).output().unwrap();
+    let out = run_bin(bin, dir, args);
     assert!(
         out.status.success(),
         "{bin} {args:?} failed:\n{}\n{}",
@@ -66,13 +143,11 @@ pub fn run_ok(bin: &str, dir: &Path, args: &[&str]) -> Output {
     out
 }
 
-/// The Python reference, built from `cfg`, loads `weights` strictly and runs one forward pass
-/// on `x` (1, C, I, I) with label `y` at step `t` (files go to `dir`); panics if it cannot.
-pub fn python_forward(dir: &Path, cfg: &Path, weights: &Path, x: &Tensor, y: i64, t: i64) {
-    let (y, t) = (Tensor::from_slice(&[y]), Tensor::from_slice(&[t]));
-    let inputs = dir.join("in.safetensors");
-    Tensor::write_safetensors(&[("x", x), ("y", &y), ("t", &t), ("target", x)], &inputs).unwrap();
-    let out = dir.join("o.safetensors");
+/// The Python reference, built from `cfg`, loads `weights` strictly and runs the forward pass
+/// and the L1 loss's backward on the safetensors file `inputs` (`x`, `y`, `t`, `target`);
+/// returns what it wrote: `out`, `loss` and `grad.<name>` of every parameter.
+pub fn golden_forward(dir: &Path, cfg: &Path, weights: &Path, inputs: &Path) -> HashMap<String, Tensor> {
+    let out = dir.join("py.safetensors");
     golden(&[
         "forward",
         "--config",
@@ -80,8 +155,31 @@ pub fn python_forward(dir: &Path, cfg: &Path, weights: &Path, x: &Tensor, y: i64
         "--weights",
         p(weights),
         "--inputs",
-        p(&inputs),
+        p(inputs),
         "--out",
         p(&out),
     ]);
+    read(&out)
+}
+
+/// The Python reference, built from `cfg`, loads `weights` strictly and runs one forward pass
+/// on `x` (1, C, I, I) with label `y` at step `t` (files go to `dir`); panics if it cannot.
+pub fn python_forward(dir: &Path, cfg: &Path, weights: &Path, x: &Tensor, y: i64, t: i64) {
+    let (y, t) = (Tensor::from_slice(&[y]), Tensor::from_slice(&[t]));
+    let inputs = dir.join("in.safetensors");
+    Tensor::write_safetensors(&[("x", x), ("y", &y), ("t", &t), ("target", x)], &inputs).unwrap();
+    golden_forward(dir, cfg, weights, &inputs);
+}
+
+/// Polls `done` until it holds; panics if `child` exits first or a minute passes (`what` names
+/// the awaited event in the message).
+pub fn wait_until(child: &mut Child, what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the child exited ({status}) before {what}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no {what} after a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

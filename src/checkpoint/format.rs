@@ -1,0 +1,77 @@
+//! The three weight-file formats users exchange with PyTorch, chosen by extension, and reading
+//! and writing named tensors in each: `.ot` (TorchScript archive, tch's native format; Python
+//! reads it with `torch.jit.load(p).state_dict()`, keys carry `|` for `.`), `.safetensors`, and
+//! `.pth`/`.pt`/`.bin` (`torch.save` of a state_dict, the original's format).
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tch::{Device, Tensor};
+
+use super::pth;
+use crate::fs::write_atomic;
+
+/// A weight-file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ot,
+    Safetensors,
+    Pth,
+}
+
+impl Format {
+    /// The format a file name's extension (any letter case) names.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("ot") => Ok(Self::Ot),
+            Some("safetensors") => Ok(Self::Safetensors),
+            Some("pth" | "pt" | "bin") => Ok(Self::Pth),
+            _ => bail!(
+                "{}: unknown weight format; use a name ending in .ot, .safetensors, .pth, .pt or .bin",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// libtorch's messages carry a C++ backtrace after the first line; users need only that line.
+fn first_line(err: impl std::fmt::Display) -> String {
+    err.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// Reads every named tensor of a weight file onto the CPU.
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let format = Format::from_path(path)?;
+    if !path.is_file() {
+        bail!("{}: no such file", path.display());
+    }
+    let result = match format {
+        // tch turns the archive's `|` back into `.`.
+        Format::Ot => Tensor::load_multi_with_device(path, Device::Cpu),
+        Format::Safetensors => Tensor::read_safetensors(path),
+        Format::Pth => {
+            return pth::read(path)
+                .with_context(|| format!("{}: not a readable .pth state_dict", path.display()))
+        }
+    };
+    result
+        .map_err(|e| anyhow!("{}: not a readable {format:?} weight file ({})", path.display(), first_line(e)))
+}
+
+/// Writes named tensors atomically, in the format `path`'s extension names.
+pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    let format = Format::from_path(path)?;
+    let cpu: Vec<(String, Tensor)> =
+        named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    write_atomic(path, |tmp| {
+        match format {
+            Format::Ot => Tensor::save_multi(&cpu, tmp).map_err(|e| anyhow!(first_line(e)))?,
+            Format::Safetensors => {
+                Tensor::write_safetensors(&cpu, tmp).map_err(|e| anyhow!(first_line(e)))?
+            }
+            Format::Pth => pth::write(tmp, &cpu)?,
+        }
+        Ok(())
+    })
+}

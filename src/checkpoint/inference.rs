@@ -1,0 +1,136 @@
+//! Loading a model to sample from: from a weight file of any format or from a training state,
+//! with the config and class names the state records ([`load_for_inference`]), and the sample
+//! command's `--label` resolved against those class names ([`Loaded::resolve_label`]).
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Result};
+use tch::{nn::VarStore, Device};
+
+use super::keys::{check_keys, copy_into, shapes};
+use super::state::{self, TrainState};
+use super::{load_weights, read_tensors};
+use crate::{Config, Dit};
+
+/// A model ready for sampling, and where its weights came from.
+pub struct Loaded {
+    pub config: Config,
+    pub vs: VarStore,
+    pub model: Dit,
+    /// Class names in label order (empty when the checkpoint does not record them).
+    pub classes: Vec<String>,
+    /// One line for the user, e.g. "EMA weights of step 4000 from checkpoints/x.ot.state.safetensors".
+    pub description: String,
+}
+
+impl Loaded {
+    /// `--label`'s value: a label number, or a class name looked up in the checkpoint's
+    /// classes; with its display text ("1 (red_panda)").
+    pub fn resolve_label(&self, arg: &str) -> Result<(i64, String)> {
+        let label_num = self.config.model.label_num;
+        let label = match arg.parse::<i64>() {
+            Ok(n) => n,
+            Err(_) => match self.classes.iter().position(|c| c == arg) {
+                Some(i) => i as i64,
+                None if self.classes.is_empty() => bail!(
+                    "--label {arg:?}: not a number, and the checkpoint records no class names; give a label in 0..{label_num}"
+                ),
+                None => {
+                    bail!("--label {arg:?}: no such class; the checkpoint's classes are {}", self.classes.join(", "))
+                }
+            },
+        };
+        ensure!(
+            (0..label_num).contains(&label),
+            "--label {label}: out of range, the model has {label_num} label(s) (0..={})",
+            label_num - 1
+        );
+        let text = match self.classes.get(label as usize) {
+            Some(name) => format!("{label} ({name})"),
+            None => label.to_string(),
+        };
+        Ok((label, text))
+    }
+}
+
+/// Loads a model for inference from a weight file (`.ot`, `.safetensors`, `.pth`) or a
+/// training-state file. When a training state sits beside the weight file (or is named), its
+/// config is used and, with `ema`, its EMA weights; otherwise the config comes from `config`
+/// (or `./config.json`, or the original's defaults).
+pub fn load_for_inference(path: &Path, config: Option<&Path>, ema: bool, device: Device) -> Result<Loaded> {
+    let is_state = path.to_string_lossy().ends_with(".state.safetensors");
+    let state_file = if is_state {
+        Some(path.to_path_buf())
+    } else {
+        Some(state::state_path(path)).filter(|p| p.is_file())
+    };
+    if !path.is_file() {
+        bail!("{}: no such checkpoint", path.display());
+    }
+    match state_file {
+        Some(state_file) => from_state(path, &state_file, config, ema, device),
+        None => from_weights(path, config, device),
+    }
+}
+
+/// A weight file with no training state: the config from `config`, `./config.json` or the
+/// original's defaults.
+fn from_weights(path: &Path, config: Option<&Path>, device: Device) -> Result<Loaded> {
+    let config = Config::resolve(config)?;
+    let mut vs = VarStore::new(device);
+    let model = Dit::new(&vs.root(), &config.model);
+    load_weights(&mut vs, path)?;
+    let description = format!("weights from {}", path.display());
+    Ok(Loaded { config, vs, model, classes: vec![], description })
+}
+
+/// `path` (a weight file, or the state file itself) with its training state `state_file`: the
+/// state's config unless `config` names one, and its EMA weights with `ema` when it has them.
+fn from_state(
+    path: &Path,
+    state_file: &Path,
+    config: Option<&Path>,
+    ema: bool,
+    device: Device,
+) -> Result<Loaded> {
+    let st = state::load(state_file)?;
+    let config = match config {
+        Some(c) => Config::load(c)?,
+        None => st.meta.config.clone(),
+    };
+    let vs = VarStore::new(device);
+    let model = Dit::new(&vs.root(), &config.model);
+    state::check_against(state_file, &st, &shapes(&vs))?;
+    let description = copy_chosen_weights(&vs, path, state_file, &st, ema)?;
+    Ok(Loaded { config, vs, model, classes: st.meta.classes.clone(), description })
+}
+
+/// Copies the weights to sample with into `vs`: the state's EMA weights with `ema` (when it
+/// has them), else its raw weights when `path` is the state file, else the weight file's.
+/// Returns the description of what was loaded.
+fn copy_chosen_weights(
+    vs: &VarStore,
+    path: &Path,
+    state_file: &Path,
+    st: &TrainState,
+    ema: bool,
+) -> Result<String> {
+    let step = st.meta.step;
+    let is_state = path == state_file;
+    Ok(match (ema, st.group("ema")) {
+        (true, Some(weights)) => {
+            copy_into(vs, weights);
+            format!("EMA weights of step {step} from {}", state_file.display())
+        }
+        _ if is_state => {
+            copy_into(vs, st.group("model").expect("checked by state::load"));
+            format!("raw weights of step {step} from {}", state_file.display())
+        }
+        _ => {
+            let found = read_tensors(path)?;
+            check_keys(path, &shapes(vs), &found)?;
+            copy_into(vs, found.iter().map(|(n, t)| (n, t)));
+            format!("weights from {} (config from {})", path.display(), state_file.display())
+        }
+    })
+}

@@ -1,0 +1,259 @@
+//! The [`Loader`]: shuffles a [`Dataset`] into batches in the order fixed by (seed, epoch)
+//! ([`epoch_order`]), decodes them ahead of the trainer on its own rayon pool (a bounded
+//! prefetch of [`PREFETCH_BATCHES`]), and optionally caches every decoded image as `u8` so that
+//! later epochs decode nothing. Files that fail to load are warned about once and skipped.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use rayon::prelude::*;
+use tch::Tensor;
+
+use super::{Dataset, CHANNELS};
+use crate::rng::epoch_order;
+
+/// Batches decoded ahead of the consumer.
+const PREFETCH_BATCHES: usize = 3;
+
+/// One batch, as handed to the trainer. Images stay `u8` on the CPU; the trainer scales them
+/// (x / 255 · 2 − 1) on the device.
+pub struct Batch {
+    /// (B, 3, I, I), `Kind::Uint8`, CPU. B is below the batch size for the last batch of an
+    /// epoch and when files of the batch failed to load.
+    pub images: Tensor,
+    /// (B), `Kind::Int64`.
+    pub labels: Tensor,
+    /// Dataset index of each image, in batch order.
+    pub indices: Vec<usize>,
+    /// Position of this batch in its epoch (0-based, counting skipped batches):
+    /// `position + 1` is the `skip_batches` that resumes right after it.
+    pub position: usize,
+    /// Time the consumer blocked waiting for this batch.
+    pub wait: Duration,
+}
+
+impl Batch {
+    /// Number of images in the batch.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// True for a batch with no images (never handed out by [`Loader::epoch`]).
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// State shared by a [`Loader`] and the producer threads of its epochs.
+struct Shared {
+    dataset: Arc<Dataset>,
+    pool: rayon::ThreadPool,
+    /// Decoded images, one cell per dataset index; empty when caching is off.
+    cache: Vec<OnceLock<Arc<[u8]>>>,
+    /// Images that failed to load once and are skipped from then on.
+    failed: Vec<AtomicBool>,
+    failed_count: AtomicUsize,
+}
+
+impl Shared {
+    /// Image `i`, from the cache or decoded; `None` if it fails (warned about once) or failed
+    /// before.
+    fn image(&self, i: usize) -> Option<Arc<[u8]>> {
+        if self.failed[i].load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Some(hit) = self.cache.get(i).and_then(OnceLock::get) {
+            return Some(hit.clone());
+        }
+        match self.dataset.load(i) {
+            Ok(pixels) => {
+                let pixels: Arc<[u8]> = pixels.into();
+                if let Some(cell) = self.cache.get(i) {
+                    // Two epochs decoding the same image at once both succeed; one copy is kept.
+                    let _ = cell.set(pixels.clone());
+                }
+                Some(pixels)
+            }
+            Err(err) => {
+                if !self.failed[i].swap(true, Ordering::Relaxed) {
+                    self.failed_count.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!("{err:#}").replace('\n', " ");
+                    eprintln!("warning: skipping image {i}: {reason}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Decodes the images of `indices` on the pool; `None` when none of them loads.
+    fn batch(&self, indices: &[usize], position: usize, stop: &AtomicBool) -> Option<Batch> {
+        let images: Vec<(usize, Arc<[u8]>)> = self.pool.install(|| {
+            indices
+                .par_iter()
+                .filter_map(|&i| {
+                    // Once the consumer is gone, finish the batch without decoding anything.
+                    if stop.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    self.image(i).map(|pixels| (i, pixels))
+                })
+                .collect()
+        });
+        if images.is_empty() {
+            return None;
+        }
+        let side = self.dataset.img_size();
+        let n = images.len();
+        let mut pixels = Vec::with_capacity(n * images[0].1.len());
+        for (_, image) in &images {
+            pixels.extend_from_slice(image);
+        }
+        let indices: Vec<usize> = images.iter().map(|(i, _)| *i).collect();
+        let labels: Vec<i64> = indices
+            .iter()
+            .map(|&i| self.dataset.label(i).expect("epoch_order yields indices below the data set's length"))
+            .collect();
+        let images = Tensor::from_slice(&pixels)
+            .view([n as i64, side, side, CHANNELS as i64]) // (B, I, I, 3)
+            .permute([0, 3, 1, 2]) // (B, 3, I, I)
+            .contiguous();
+        Some(Batch { images, labels: Tensor::from_slice(&labels), indices, position, wait: Duration::ZERO })
+    }
+}
+
+/// Shuffles a [`Dataset`] into batches and decodes them ahead of the trainer on its own rayon
+/// pool, optionally caching every decoded image so that later epochs decode nothing.
+pub struct Loader {
+    shared: Arc<Shared>,
+    batch_size: usize,
+}
+
+impl Loader {
+    /// A loader of batches of `batch_size` images decoded by `num_workers` threads (0 counts as
+    /// 1); with `cache`, decoded images are kept in memory (`len × img_size² × 3` bytes).
+    pub fn new(dataset: Arc<Dataset>, batch_size: usize, num_workers: usize, cache: bool) -> Result<Loader> {
+        ensure!(batch_size > 0, "batch_size must be at least 1");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(num_workers.max(1))
+            .thread_name(|i| format!("dit-data-{i}"))
+            .build()
+            .context("starting the data loader's worker threads")?;
+        let len = dataset.len();
+        let cache = if cache { (0..len).map(|_| OnceLock::new()).collect() } else { Vec::new() };
+        let failed = (0..len).map(|_| AtomicBool::new(false)).collect();
+        let shared = Arc::new(Shared { dataset, pool, cache, failed, failed_count: AtomicUsize::new(0) });
+        Ok(Loader { shared, batch_size })
+    }
+
+    /// Batches in one epoch, the last one partial: ceil(len / batch_size).
+    pub fn batches_per_epoch(&self) -> usize {
+        self.shared.dataset.len().div_ceil(self.batch_size)
+    }
+
+    /// The batches of epoch `epoch` in the order fixed by (seed, epoch) ([`epoch_order`]),
+    /// starting after the first `skip_batches` of them. Files that fail to load are warned about
+    /// once and left out (their batch is smaller; a batch left empty is not handed out); an
+    /// error is handed out, and the epoch ends, once every image of the data set has failed.
+    pub fn epoch(&self, seed: u64, epoch: u64, skip_batches: usize) -> Epoch {
+        let (sender, receiver) = sync_channel(PREFETCH_BATCHES);
+        let stop = Arc::new(AtomicBool::new(false));
+        let order = epoch_order(self.shared.dataset.len(), seed, epoch);
+        let shared = self.shared.clone();
+        let (batch_size, producer_stop) = (self.batch_size, stop.clone());
+        let producer = std::thread::Builder::new()
+            .name("dit-data-producer".to_string())
+            .spawn(move || produce(&shared, &order, batch_size, skip_batches, &sender, &producer_stop));
+        match producer {
+            Ok(handle) => {
+                Epoch { receiver: Some(receiver), producer: Some(handle), stop, pending: VecDeque::new() }
+            }
+            Err(err) => {
+                let err = anyhow!(err).context("starting the data loader thread");
+                Epoch { receiver: None, producer: None, stop, pending: VecDeque::from([err]) }
+            }
+        }
+    }
+}
+
+/// The producer thread of one epoch: decodes batch after batch into `sender`.
+fn produce(
+    shared: &Shared,
+    order: &[usize],
+    batch_size: usize,
+    skip_batches: usize,
+    sender: &SyncSender<Result<Batch>>,
+    stop: &AtomicBool,
+) {
+    for (position, indices) in order.chunks(batch_size).enumerate().skip(skip_batches) {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let message = match shared.batch(indices, position, stop) {
+            Some(batch) => Ok(batch),
+            None if stop.load(Ordering::Relaxed) => return,
+            None if shared.failed_count.load(Ordering::Relaxed) >= shared.dataset.len() => Err(anyhow!(
+                "none of the {} images of {} could be loaded (see the warnings above)",
+                shared.dataset.len(),
+                shared.dataset.origin
+            )),
+            None => continue,
+        };
+        let fatal = message.is_err();
+        // A send fails only when the Epoch was dropped: stop quietly.
+        if sender.send(message).is_err() || fatal {
+            return;
+        }
+    }
+}
+
+/// The batches of one epoch (see [`Loader::epoch`]). Dropping it mid-epoch stops the
+/// background work and returns once the batch being decoded is abandoned.
+pub struct Epoch {
+    receiver: Option<Receiver<Result<Batch>>>,
+    producer: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// Errors to hand out before anything else (a failed thread start).
+    pending: VecDeque<anyhow::Error>,
+}
+
+impl Iterator for Epoch {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if let Some(err) = self.pending.pop_front() {
+            return Some(Err(err));
+        }
+        let receiver = self.receiver.as_ref()?;
+        let started = Instant::now();
+        match receiver.recv() {
+            Ok(Ok(mut batch)) => {
+                batch.wait = started.elapsed();
+                Some(Ok(batch))
+            }
+            Ok(Err(err)) => Some(Err(err)),
+            Err(_) => {
+                // The producer is done: finished, or died from a panic (which must not pass for
+                // a short epoch).
+                self.receiver = None;
+                let panicked = self.producer.take().is_some_and(|handle| handle.join().is_err());
+                panicked.then(|| Err(anyhow!("the data loader thread panicked")))
+            }
+        }
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver first unblocks a producer waiting on a full queue.
+        self.receiver = None;
+        if let Some(handle) = self.producer.take() {
+            let _ = handle.join();
+        }
+    }
+}
