@@ -1,6 +1,11 @@
-"""The Python side of scripts/bench: the project's reference of the original (naive attention,
-as the original computes it), one measurement per process, printed as a JSON line.
-BENCH_DEVICE=cuda measures on the GPU (scripts/gpu_bench); the default is the CPU."""
+"""The Python side of scripts/bench: the project's reference of the original, one measurement per
+process, printed as a JSON line. BENCH_DEVICE=cuda measures on the GPU (scripts/gpu_bench);
+the default is the CPU. BENCH_PY_MODE picks the PyTorch peer: `original` (default: naive
+attention, fp32, as the original computes it), `sdpa` (fused scaled_dot_product_attention with
+the original's 1/sqrt(L) scale, fp32), `bf16` (sdpa under bf16 autocast, eager) and `compile`
+(the same under torch.compile)."""
+
+import contextlib
 
 import json
 import os
@@ -20,7 +25,17 @@ def main():
     m, d = cfg.get("model", {}), cfg.get("diffusion", {})
     dev = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
     torch.manual_seed(0)
-    model = reference.build(m).to(dev)
+    mode = os.environ.get("BENCH_PY_MODE", "original")
+    if mode not in ("original", "sdpa", "bf16", "compile"):
+        sys.exit(f"BENCH_PY_MODE={mode}: expected original, sdpa, bf16 or compile")
+    model = reference.build(m, None if mode == "original" else "fused").to(dev)
+    forward = torch.compile(model) if mode == "compile" else model
+
+    def autocast():
+        if mode in ("bf16", "compile"):
+            return torch.autocast(dev.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     size, channel = m.get("img_size", 256), m.get("channel", 3)
     out = {}
     if what == "train":
@@ -35,13 +50,16 @@ def main():
             x = images.to(dev).float() / 255 * 2 - 1
             t = torch.randint(0, diffusion.max_t, (b,), device=dev)
             xt, noise = diffusion.add_noise(x, t)
-            loss = torch.nn.functional.l1_loss(noise, model(xt, y, t))
+            with autocast():
+                loss = torch.nn.functional.l1_loss(noise, forward(xt, y, t))
             opt.zero_grad()
             loss.backward()
             opt.step()
             return loss.item()
 
         step()
+        if mode == "compile":
+            step()  # the second call may still compile (the first step changed optimizer state)
         start = time.perf_counter()
         for _ in range(steps):
             step()
@@ -51,11 +69,11 @@ def main():
         b = int(arg)
         x = torch.randn(b, channel, size, size, device=dev)
         y, t = torch.zeros(b, dtype=torch.long, device=dev), torch.full((b,), 500, device=dev)
-        with torch.no_grad():
-            model(x, y, t)
+        with torch.no_grad(), autocast():
+            forward(x, y, t)
             start = time.perf_counter()
             for _ in range(steps):
-                model(x, y, t).sum().item()
+                forward(x, y, t).sum().item()
         out = {"seconds": (time.perf_counter() - start) / steps}
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(out))
