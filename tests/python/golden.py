@@ -84,6 +84,36 @@ def cmd_adam(a):
     save_file(out, a.out)
 
 
+def cmd_step(a):
+    """One training step as the project's trainer runs it, written from the specification: x0 =
+    image/255·2 − 1, x_t with the given t and noise, L1 loss, backward, global-norm clipping
+    (train.grad_clip), one torch.optim.Adam step (train.lr), then the EMA (train.ema_decay)."""
+    with open(a.config) as f:
+        train = json.load(f).get("train", {})
+    model = reference.build(model_cfg(a.config), a.attention)
+    model.load_state_dict(reference.load_state_dict_any(a.weights), strict=True)
+    d = reference.Diffusion(**diffusion_cfg(a.config))
+    inputs = load_file(a.inputs)
+    x0 = inputs["images"].float() / 255 * 2 - 1
+    ac = d.alphas_cumprod[inputs["t"]].view(-1, 1, 1, 1)
+    xt = torch.sqrt(ac) * x0 + torch.sqrt(1 - ac) * inputs["noise"]
+    loss = torch.nn.functional.l1_loss(model(xt, inputs["labels"], inputs["t"]), inputs["noise"])
+    ema = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=train.get("lr", 1e-6))
+    opt.zero_grad()
+    loss.backward()
+    if train.get("grad_clip", 1.0) > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.get("grad_clip", 1.0))
+    out = {"loss": loss.detach().reshape(1)}
+    out.update({"grad." + n: p.grad.contiguous() for n, p in model.named_parameters()})
+    opt.step()
+    decay = train.get("ema_decay", 0.999)
+    for n, p in model.named_parameters():
+        out["param." + n] = p.detach().contiguous()
+        out["ema." + n] = (ema[n] * decay + p.detach() * (1 - decay)).contiguous()
+    save_file(out, a.out)
+
+
 def cmd_tb_tags(a):
     """Reads a TensorBoard log folder with tensorboard's own event reader; prints a summary."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -105,7 +135,7 @@ def cmd_tb_tags(a):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("keys", "init", "forward", "schedule", "sample", "adam", "tb_tags"):
+    for name in ("keys", "init", "forward", "schedule", "sample", "adam", "step", "tb_tags"):
         s = sub.add_parser(name)
         s.add_argument("--config", required=True)
         s.add_argument("--out")
