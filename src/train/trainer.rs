@@ -66,18 +66,27 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh model initialised from `step_seed(meta.seed, -1)` as PyTorch initialises it
-    /// (then the label rows shared when `train.label_init` says so), zero Adam moments, and an
-    /// EMA equal to the weights.
+    /// A fresh model initialised from `step_seed(meta.seed, -1)` (then the label rows shared
+    /// when `train.label_init` says so), zero Adam moments, and an EMA equal to the weights.
+    /// The initial weights are drawn by the CPU's generator on every device, so a seed starts
+    /// a CUDA run from the weights it starts a CPU run from.
     pub fn new(meta: TrainMeta, device: Device, weights_path: PathBuf) -> Self {
         let cfg = &meta.config;
         tch::manual_seed(step_seed(meta.seed, -1));
-        let vs = VarStore::new(device);
-        let mut model = Dit::new(&vs.root(), &cfg.model);
-        model.set_runtime(&cfg.runtime);
+        let cpu = VarStore::new(Device::Cpu);
+        let cpu_model = Dit::new(&cpu.root(), &cfg.model);
         if cfg.train.label_init == LabelInit::Shared {
-            model.share_label_rows();
+            cpu_model.share_label_rows();
         }
+        let (vs, mut model) = if device == Device::Cpu {
+            (cpu, cpu_model)
+        } else {
+            let vs = VarStore::new(device);
+            let model = Dit::new(&vs.root(), &cfg.model);
+            checkpoint::copy_into(&vs, checkpoint::named_variables(&cpu).iter().map(|(n, t)| (n, t)));
+            (vs, model)
+        };
+        model.set_runtime(&cfg.runtime);
         let (names, params): (Vec<String>, Vec<Tensor>) =
             checkpoint::named_variables(&vs).into_iter().unzip();
         let adam = Adam::new(&params);
