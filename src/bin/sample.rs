@@ -1,11 +1,6 @@
 //! Generates images with a trained DiT, with the original's DDPM loop (the same images as the
-//! original for the same seed) or with DDIM in fewer steps.
-//!
-//! Seed contract: after `tch::manual_seed(seed)` the noise of all `--num` images is one
-//! `Tensor::randn([num, C, I, I])` on the CPU, moved to the device afterwards, so `--num N`
-//! draws what the original's `torch.randn(N, C, I, I)` draws. Exact parity with the original
-//! (CPU, ddpm) holds when `--batch-size` equals `--num` (the default): smaller batches keep
-//! the same initial noise but draw the per-step noise batch after batch.
+//! original for the same seed) or with DDIM in fewer steps; see `dit::generate` for the seed
+//! contract.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,10 +9,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use dit::cli::DeviceArg;
 use dit::config::{Precision, RuntimeConfig};
-use dit::diffusion::Schedule;
-use dit::progress::Progress;
-use dit::sampling::{self, Normalize, SampleOptions, SamplerKind};
-use tch::{Device, Kind, Tensor};
+use dit::generate::{self, Outputs, Request};
+use dit::sampling::{self, SampleOptions, SamplerKind};
 
 /// Columns of the `--progress` grid.
 const PROGRESS_COLUMNS: i64 = 16;
@@ -116,31 +109,14 @@ fn run(args: &Args) -> Result<()> {
     sampler.check(steps, eta, max_t).with_context(|| format!("--sampler {sampler_name} --steps {steps}"))?;
     println!("weights: {}", loaded.description);
 
-    let schedule = Schedule::new(&loaded.config.diffusion, device);
-    let m = &loaded.config.model;
     let keep = if args.progress.is_some() {
         sampling::evenly_spaced_states(steps, PROGRESS_COLUMNS)
     } else {
         vec![]
     };
     let opts = SampleOptions { sampler, steps, eta, keep, guidance: Some(args.guidance) };
-
-    tch::manual_seed(args.seed as i64);
-    let noise = Tensor::randn([args.num, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
-    let labels = Tensor::full([args.num], label, (Kind::Int64, Device::Cpu));
-    let chunks = (args.num + batch_size - 1) / batch_size;
-    let total = steps as u64 * chunks as u64;
-    let mut bar = Progress::new("sampling", total, 0);
-    let (images, kept) = sampling::sample_in_batches(
-        &loaded.model,
-        &schedule,
-        &opts,
-        &noise,
-        &labels,
-        batch_size,
-        &mut |done| bar.set(done, || format!("sampling: {done}/{total} steps")),
-    )?;
-    bar.finish();
+    let request = Request { num: args.num, label, seed: args.seed, batch_size };
+    let (images, kept) = generate::generate(&loaded, &opts, &request, device)?;
     println!(
         "sampled {} image(s) of label {label_text} with {sampler_name} ({steps} steps{}), seed {}, on {device:?}",
         args.num,
@@ -151,31 +127,12 @@ fn run(args: &Args) -> Result<()> {
         args.seed
     );
 
-    write_outputs(args, &images, &kept)
-}
-
-fn write_outputs(args: &Args, images: &Tensor, kept: &[Tensor]) -> Result<()> {
-    let num = images.size()[0];
-    let default_out =
-        (args.out_dir.is_none() && args.tensor_out.is_none()).then(|| PathBuf::from("samples.png"));
-    if let Some(path) = args.out.clone().or(default_out) {
-        let nrow = (num as f64).sqrt().ceil() as i64;
-        sampling::save_png(&sampling::to_image_grid(images, nrow, Normalize::Fixed), &path)?;
-        println!("wrote {} (grid of {num})", path.display());
-    }
-    if let Some(dir) = &args.out_dir {
-        for i in 0..num {
-            sampling::save_png(&sampling::to_image(&images.get(i)), &dir.join(format!("{i:04}.png")))?;
-        }
-        println!("wrote {num} PNG file(s) to {}", dir.display());
-    }
-    if let Some(path) = &args.progress {
-        sampling::save_png(&sampling::progress_grid(kept), path)?;
-        println!("wrote {} (denoising progress)", path.display());
-    }
-    if let Some(path) = &args.tensor_out {
-        dit::checkpoint::write_tensors(path, &[("images".to_string(), images.to_kind(Kind::Float))])?;
-        println!("wrote {} (\"images\", float32 in [-1, 1])", path.display());
-    }
-    Ok(())
+    let grid = (args.out_dir.is_none() && args.tensor_out.is_none()).then(|| PathBuf::from("samples.png"));
+    let outputs = Outputs {
+        grid: args.out.clone().or(grid),
+        dir: args.out_dir.clone(),
+        progress: args.progress.clone(),
+        tensor: args.tensor_out.clone(),
+    };
+    generate::write_outputs(&outputs, &images, &kept)
 }
