@@ -5,9 +5,11 @@
 pub mod compute;
 mod dit;
 mod dit_block;
+mod graph;
 pub mod time_embedding;
 
 pub use compute::{Compute, Kernel};
 pub use dit::Dit;
 pub use dit_block::{DiTBlock, MODULATION};
+pub use graph::{dit_graph, GraphNode};
 pub use time_embedding::TimeEmbedding;

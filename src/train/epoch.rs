@@ -39,7 +39,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 pub(super) fn train_epochs(tr: &mut Trainer, opts: &RunOptions, loader: &Loader) -> Result<Outcome> {
     let cfg = tr.config().clone();
     let mut tb = Logger::create(Path::new(&cfg.train.logdir))?;
-    tb.graph(&crate::tensorboard::dit_graph(&cfg.model))?;
+    tb.graph(&crate::model::dit_graph(&cfg.model))?;
     let stop = stop_flag()?;
     let per_epoch = loader.batches_per_epoch() as i64;
     let total_steps = opts.max_steps.unwrap_or(cfg.train.epoch * per_epoch);
