@@ -256,6 +256,8 @@ extern "C" int dit_pg_new(DitStore* s, int rank, int size, int backend, int devi
 extern "C" int dit_pg_allreduce(DitPg* h, const at::Tensor* const* ptrs, size_t n, int op,
                                 int64_t bucket_bytes, int64_t timeout_ms, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
+    // The results overwrite the tensors in place, parameters included: not an autograd op.
+    at::NoGradGuard no_grad;
     auto ts = tensors_of(ptrs, n);
     std::vector<Flat> flats;
     for (const auto& idx : buckets_of(ts, bucket_bytes)) flats.emplace_back(ts, idx, true);
@@ -284,6 +286,8 @@ extern "C" int dit_pg_allreduce(DitPg* h, const at::Tensor* const* ptrs, size_t 
 extern "C" int dit_pg_broadcast(DitPg* h, const at::Tensor* const* ptrs, size_t n, int root,
                                 int64_t bucket_bytes, int64_t timeout_ms, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
+    // The results overwrite the tensors in place, parameters included: not an autograd op.
+    at::NoGradGuard no_grad;
     TORCH_CHECK(root >= 0 && root < h->size, "root rank ", root, " is not in 0..", h->size - 1);
     auto ts = tensors_of(ptrs, n);
     const bool is_root = h->rank == root;
