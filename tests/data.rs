@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dit::data::{
-    render_panda, render_red_panda, Batch, Dataset, Loader, Shard, BUILTIN_LEN, BUILTIN_PANDAS, BUILTIN_PANDAS2,
+    render_panda, render_red_panda, Batch, Dataset, Loader, Shard, BUILTIN_LEN, BUILTIN_PANDAS,
+    BUILTIN_PANDAS2,
 };
 use dit::rng::epoch_order;
 use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};

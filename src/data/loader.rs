@@ -179,7 +179,12 @@ impl Loader {
 
     /// The same loader handing out only `shard`'s part of each global batch (see [`Shard`]).
     pub fn sharded(self, shard: Shard) -> Result<Loader> {
-        ensure!(shard.world > 0 && shard.rank < shard.world, "shard {} of {} does not exist", shard.rank, shard.world);
+        ensure!(
+            shard.world > 0 && shard.rank < shard.world,
+            "shard {} of {} does not exist",
+            shard.rank,
+            shard.world
+        );
         Ok(Loader { shard, ..self })
     }
 
@@ -203,9 +208,9 @@ impl Loader {
         let order = epoch_order(self.shared.dataset.len(), seed, epoch);
         let shared = self.shared.clone();
         let (batch_size, shard, producer_stop) = (self.batch_size, self.shard, stop.clone());
-        let producer = std::thread::Builder::new()
-            .name("dit-data-producer".to_string())
-            .spawn(move || produce(&shared, &order, batch_size, shard, skip_batches, &sender, &producer_stop));
+        let producer = std::thread::Builder::new().name("dit-data-producer".to_string()).spawn(move || {
+            produce(&shared, &order, batch_size, shard, skip_batches, &sender, &producer_stop)
+        });
         match producer {
             Ok(handle) => {
                 Epoch { receiver: Some(receiver), producer: Some(handle), stop, pending: VecDeque::new() }
