@@ -464,3 +464,16 @@ fn sigterm_on_one_rank_stops_all_at_the_same_step_and_rank_0_saves() {
     let step: i64 = line["interrupted at step ".len()..].split(':').next().unwrap().parse().unwrap();
     assert_eq!(state(d, "run").meta.step, step);
 }
+
+#[test]
+fn resuming_with_another_global_batch_goes_on_from_the_same_image() {
+    let dir = dp_dir();
+    let d = dir.path();
+    // 1 step of 2 × 4 images = 2 batches of 4 for one process.
+    train_two(d, "run", &["--max-steps", "1"]);
+    let out = train_one(d, "run", &["--max-steps", "2"]);
+    assert!(out.contains("at step 1 (epoch 1, batch 2)"), "{out}");
+    // Batches of 4 of 10 images: 4, 4, 2; the step after the first 8 images ends the epoch.
+    let m = state(d, "run").meta;
+    assert_eq!((m.step, m.epoch, m.batch_in_epoch, m.world_size), (2, 1, 0, 1));
+}
