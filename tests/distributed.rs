@@ -254,6 +254,27 @@ fn killed_store_host_is_named_by_the_survivor() {
 }
 
 #[test]
+fn a_hung_rank_fails_the_others_after_the_timeout() {
+    // SIGSTOP: the peer's connections stay open, so only the collective timeout (5 s here)
+    // can end the wait; its heartbeat stops too, so it is named.
+    let port = free_port();
+    let mut ranks: Vec<Rank> =
+        (0..2).map(|r| Rank::start(r, 2, port, &["--loop", "--timeout", "5"])).collect();
+    for rank in &mut ranks {
+        rank.wait_for_line("looping", Duration::from_secs(60));
+    }
+    let mut hung = ranks.pop().unwrap();
+    // SAFETY: the child is running and not yet waited for.
+    unsafe { libc::kill(hung.child.id() as i32, libc::SIGSTOP) };
+    let (status, _, err, took) = ranks.pop().unwrap().finish(Duration::from_secs(60));
+    hung.kill();
+    hung.finish(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(30), "took {took:?}");
+    assert!(own_error(&err).contains("rank 0 of 2: all-reduce (mean) failed: rank 1 is lost"), "{err}");
+}
+
+#[test]
 fn wrong_port_is_a_bounded_error() {
     // Rank 1 alone: nobody listens on the port.
     let rank = Rank::start(1, 2, free_port(), &["--connect-timeout", "3"]);

@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
     /// Seconds one collective may wait for a peer
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 50.0)]
     timeout: f64,
     /// The bytes every rank compares with check_same
     #[arg(long, default_value = "config-v1")]

@@ -19,7 +19,9 @@ use super::{Backend, World};
 pub struct Options {
     /// How long connecting to the store, and the host's wait for all ranks, may take.
     pub connect_timeout: Duration,
-    /// How long one collective may wait for a peer (a peer that dies fails it at once).
+    /// How long one collective may wait for a peer (a peer that dies fails it at once). The
+    /// default, 50 s, plus the 1.5 s it takes to name a lost rank, keeps a hung peer's error
+    /// within a minute.
     pub timeout: Duration,
     /// Largest flat buffer one all-reduce or broadcast sends (DDP's default: 25 MB).
     pub bucket_bytes: usize,
@@ -29,7 +31,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             connect_timeout: Duration::from_secs(120),
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(50),
             bucket_bytes: 25 << 20,
         }
     }
