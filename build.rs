@@ -53,4 +53,63 @@ fn main() {
         .file("src/checkpoint/pth/writer.cpp")
         .file("src/torch_flags.cpp")
         .compile("dit_pth_writer");
+
+    distributed(&libtorch);
+}
+
+/// The c10d shim of src/distributed, plus its NCCL part when the wheel has CUDA and a CUDA
+/// toolkit's headers are found (CUDA_HOME, else /usr/local/cuda; the pip wheels' own
+/// `nvidia/*/include` folders lack headers that ProcessGroupNCCL.hpp needs). The NCCL part is
+/// first compiled on its own: if that fails, the build goes on with Gloo only and says why.
+fn distributed(libtorch: &std::path::Path) {
+    for path in ["c10d_shim.cpp", "nccl_shim.cpp", "gloo_decls"] {
+        println!("cargo:rerun-if-changed=src/distributed/{path}");
+    }
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let base = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .pic(true)
+            .warnings(false)
+            .include(libtorch.join("include"))
+            .include(libtorch.join("include/torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            .flag("-DGLOG_USE_GLOG_EXPORT");
+        b
+    };
+    let mut build = base();
+    build
+        .include("src/distributed/gloo_decls")
+        .define("USE_C10D_GLOO", None)
+        .file("src/distributed/c10d_shim.cpp");
+
+    let cuda = env::var("CUDA_HOME").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/local/cuda"));
+    let nccl = [cuda.join("include"), libtorch.join("../nvidia/nccl/include")]
+        .into_iter()
+        .find(|d| d.join("nccl.h").exists());
+    let toolkit = cuda.join("include/crt/host_config.h").exists() && cuda.join("include/nv/target").exists();
+    if let (true, true, Some(nccl)) = (libtorch.join("lib/libtorch_cuda.so").exists(), toolkit, nccl) {
+        let mut probe = base();
+        probe
+            .include(cuda.join("include"))
+            .include(&nccl)
+            .define("USE_C10D_NCCL", None)
+            .file("src/distributed/nccl_shim.cpp")
+            .cargo_metadata(false);
+        match probe.try_compile("dit_nccl_probe") {
+            Ok(()) => {
+                build
+                    .include(cuda.join("include"))
+                    .include(nccl)
+                    .define("USE_C10D_NCCL", None)
+                    .define("DIT_WITH_NCCL", None)
+                    .file("src/distributed/nccl_shim.cpp");
+            }
+            Err(e) => {
+                println!("cargo:warning=the NCCL backend is left out: nccl_shim.cpp does not compile: {e}")
+            }
+        }
+    }
+    build.compile("dit_c10d_shim");
 }

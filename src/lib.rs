@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod diffusion;
+pub mod distributed;
 pub mod fs;
 pub mod generate;
 pub mod model;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dit::data::{
-    render_panda, render_red_panda, Batch, Dataset, Loader, BUILTIN_LEN, BUILTIN_PANDAS, BUILTIN_PANDAS2,
+    render_panda, render_red_panda, Batch, Dataset, Loader, Shard, BUILTIN_LEN, BUILTIN_PANDAS,
+    BUILTIN_PANDAS2,
 };
 use dit::rng::epoch_order;
 use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
@@ -566,4 +567,43 @@ fn builtin_images_are_the_same_as_before_the_data_module_was_split() {
     assert_eq!(fnv1a(&loaded), 0xeeec_c329_cb39_cf19);
     let order: Vec<u8> = epoch_order(1000, 7, 2).iter().flat_map(|&i| (i as u32).to_le_bytes()).collect();
     assert_eq!(fnv1a(&order), 0x8a11_5dbe_3e60_1d6d);
+}
+
+#[test]
+fn shards_split_each_global_batch_and_take_every_step() {
+    // 4096 images in global batches of 3 × 100: 13 full ones, then 196 images, which rank 0
+    // and rank 1 share (100 + 96) and rank 2 gets none of, as an empty batch.
+    let data = Arc::new(Dataset::open(BUILTIN_PANDAS, 8).unwrap());
+    let whole = collect(Loader::new(data.clone(), 300, 2, false).unwrap().epoch(9, 1, 0));
+    let shards: Vec<Vec<Batch>> = (0..3)
+        .map(|rank| {
+            let loader =
+                Loader::new(data.clone(), 100, 1, false).unwrap().sharded(Shard { rank, world: 3 }).unwrap();
+            assert_eq!((loader.batches_per_epoch(), loader.global_batch_size()), (14, 300));
+            collect(loader.epoch(9, 1, 0))
+        })
+        .collect();
+    assert_eq!(whole.len(), 14);
+    for (p, global) in whole.iter().enumerate() {
+        let parts: Vec<&Batch> = shards.iter().map(|s| &s[p]).collect();
+        let joined: Vec<usize> = parts.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(joined, global.indices, "global batch {p}");
+        for (rank, b) in parts.iter().enumerate() {
+            assert_eq!((b.position, b.global_len), (p, global.len()));
+            let first = (rank * 100).min(global.len());
+            assert_eq!(b.slots, (first..first + b.len()).collect::<Vec<_>>());
+            assert_eq!(b.images.size()[0], b.len() as i64);
+        }
+    }
+    assert_eq!(shards[2][13].len(), 0);
+    assert_eq!(shards[1][13].len(), 96);
+    // Resuming inside the epoch skips global batches.
+    let tail = collect(
+        Loader::new(data, 100, 1, false)
+            .unwrap()
+            .sharded(Shard { rank: 1, world: 3 })
+            .unwrap()
+            .epoch(9, 1, 12),
+    );
+    assert_eq!(indices(&tail), indices(&shards[1][12..]));
 }

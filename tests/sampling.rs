@@ -303,6 +303,7 @@ fn sample_binary_uses_ema_weights_and_class_names_of_a_training_state() {
         step: 12,
         epoch: 1,
         batch_in_epoch: 0,
+        world_size: 1,
         seed: 0,
         classes: vec!["panda".into(), "bamboo".into()],
         config: tiny_config(),

@@ -73,8 +73,15 @@ struct Inputs {
 }
 
 fn trainer(cfg: &Config, device: Device) -> Trainer {
-    let meta =
-        TrainMeta { step: 0, epoch: 0, batch_in_epoch: 0, seed: 1, classes: vec![], config: cfg.clone() };
+    let meta = TrainMeta {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        world_size: 1,
+        seed: 1,
+        classes: vec![],
+        config: cfg.clone(),
+    };
     Trainer::new(meta, device, PathBuf::from("unused.ot"))
 }
 

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             device: args.device.resolve()?,
             max_steps: args.max_steps,
             preview_png: args.preview_png.clone(),
+            world: dit::distributed::World::from_env()?,
         };
         dit::train::run(cfg, &opts).map(|_| ())
     })

@@ -28,12 +28,20 @@ pub struct TrainMeta {
     pub epoch: i64,
     /// Batches of that epoch already done.
     pub batch_in_epoch: i64,
+    /// Processes of the data-parallel run that wrote it (1 for files from before there were
+    /// any); a batch is `config.train.batch_size` images per process.
+    #[serde(default = "one")]
+    pub world_size: i64,
     /// The seed every random draw of the run derives from.
     pub seed: u64,
     /// Class names, label order.
     pub classes: Vec<String>,
     /// The configuration the run was started with, flags applied.
     pub config: Config,
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// The state file that belongs to a weight file.

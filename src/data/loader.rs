@@ -33,6 +33,12 @@ pub struct Batch {
     /// Position of this batch in its epoch (0-based, counting skipped batches):
     /// `position + 1` is the `skip_batches` that resumes right after it.
     pub position: usize,
+    /// Where each image sits in its global batch (the batch all processes of a data-parallel
+    /// run share, of which this one is a slice; the batch itself otherwise): the row of the
+    /// step's random draws that belongs to it.
+    pub slots: Vec<usize>,
+    /// Images the global batch was cut with (before files that failed to load).
+    pub global_len: usize,
     /// Time the consumer blocked waiting for this batch.
     pub wait: Duration,
 }
@@ -43,7 +49,8 @@ impl Batch {
         self.indices.len()
     }
 
-    /// True for a batch with no images (never handed out by [`Loader::epoch`]).
+    /// True for a batch with no images (handed out by [`Loader::epoch`] only to a rank of a
+    /// sharded loader, whose slice of a short last batch is empty).
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }
@@ -90,30 +97,38 @@ impl Shared {
         }
     }
 
-    /// Decodes the images of `indices` on the pool; `None` when none of them loads.
-    fn batch(&self, indices: &[usize], position: usize, stop: &AtomicBool) -> Option<Batch> {
-        let images: Vec<(usize, Arc<[u8]>)> = self.pool.install(|| {
+    /// Decodes the images of `indices` (slots `first_slot..` of a global batch of
+    /// `global_len`) on the pool; images that fail to load are left out, so the batch may be
+    /// empty.
+    fn batch(
+        &self,
+        indices: &[usize],
+        first_slot: usize,
+        global_len: usize,
+        position: usize,
+        stop: &AtomicBool,
+    ) -> Batch {
+        let images: Vec<(usize, usize, Arc<[u8]>)> = self.pool.install(|| {
             indices
                 .par_iter()
-                .filter_map(|&i| {
+                .enumerate()
+                .filter_map(|(j, &i)| {
                     // Once the consumer is gone, finish the batch without decoding anything.
                     if stop.load(Ordering::Relaxed) {
                         return None;
                     }
-                    self.image(i).map(|pixels| (i, pixels))
+                    self.image(i).map(|pixels| (first_slot + j, i, pixels))
                 })
                 .collect()
         });
-        if images.is_empty() {
-            return None;
-        }
         let side = self.dataset.img_size();
         let n = images.len();
-        let mut pixels = Vec::with_capacity(n * images[0].1.len());
-        for (_, image) in &images {
+        let mut pixels = Vec::with_capacity(n * (side * side) as usize * CHANNELS);
+        for (_, _, image) in &images {
             pixels.extend_from_slice(image);
         }
-        let indices: Vec<usize> = images.iter().map(|(i, _)| *i).collect();
+        let slots: Vec<usize> = images.iter().map(|(slot, _, _)| *slot).collect();
+        let indices: Vec<usize> = images.iter().map(|(_, i, _)| *i).collect();
         let labels: Vec<i64> = indices
             .iter()
             .map(|&i| self.dataset.label(i).expect("epoch_order yields indices below the data set's length"))
@@ -122,7 +137,8 @@ impl Shared {
             .view([n as i64, side, side, CHANNELS as i64]) // (B, I, I, 3)
             .permute([0, 3, 1, 2]) // (B, 3, I, I)
             .contiguous();
-        Some(Batch { images, labels: Tensor::from_slice(&labels), indices, position, wait: Duration::ZERO })
+        let labels = Tensor::from_slice(&labels);
+        Batch { images, labels, indices, position, slots, global_len, wait: Duration::ZERO }
     }
 }
 
@@ -131,6 +147,17 @@ impl Shared {
 pub struct Loader {
     shared: Arc<Shared>,
     batch_size: usize,
+    shard: Shard,
+}
+
+/// This process's share of every batch in a data-parallel run: of each global batch of
+/// `batch_size × world` consecutive images of the epoch's order, rank r takes positions
+/// `r·batch_size .. (r+1)·batch_size`. The last global batch of an epoch may be short: ranks
+/// past its end get an empty batch (so that every rank takes every step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
 }
 
 impl Loader {
@@ -147,12 +174,28 @@ impl Loader {
         let cache = if cache { (0..len).map(|_| OnceLock::new()).collect() } else { Vec::new() };
         let failed = (0..len).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new(Shared { dataset, pool, cache, failed, failed_count: AtomicUsize::new(0) });
-        Ok(Loader { shared, batch_size })
+        Ok(Loader { shared, batch_size, shard: Shard { rank: 0, world: 1 } })
     }
 
-    /// Batches in one epoch, the last one partial: ceil(len / batch_size).
+    /// The same loader handing out only `shard`'s part of each global batch (see [`Shard`]).
+    pub fn sharded(self, shard: Shard) -> Result<Loader> {
+        ensure!(
+            shard.world > 0 && shard.rank < shard.world,
+            "shard {} of {} does not exist",
+            shard.rank,
+            shard.world
+        );
+        Ok(Loader { shard, ..self })
+    }
+
+    /// Images per global batch: the batch size times the number of processes.
+    pub fn global_batch_size(&self) -> usize {
+        self.batch_size * self.shard.world
+    }
+
+    /// Batches in one epoch, the last one partial: ceil(len / global batch size).
     pub fn batches_per_epoch(&self) -> usize {
-        self.shared.dataset.len().div_ceil(self.batch_size)
+        self.shared.dataset.len().div_ceil(self.global_batch_size())
     }
 
     /// The batches of epoch `epoch` in the order fixed by (seed, epoch) ([`epoch_order`]),
@@ -164,10 +207,10 @@ impl Loader {
         let stop = Arc::new(AtomicBool::new(false));
         let order = epoch_order(self.shared.dataset.len(), seed, epoch);
         let shared = self.shared.clone();
-        let (batch_size, producer_stop) = (self.batch_size, stop.clone());
-        let producer = std::thread::Builder::new()
-            .name("dit-data-producer".to_string())
-            .spawn(move || produce(&shared, &order, batch_size, skip_batches, &sender, &producer_stop));
+        let (batch_size, shard, producer_stop) = (self.batch_size, self.shard, stop.clone());
+        let producer = std::thread::Builder::new().name("dit-data-producer".to_string()).spawn(move || {
+            produce(&shared, &order, batch_size, shard, skip_batches, &sender, &producer_stop)
+        });
         match producer {
             Ok(handle) => {
                 Epoch { receiver: Some(receiver), producer: Some(handle), stop, pending: VecDeque::new() }
@@ -180,28 +223,40 @@ impl Loader {
     }
 }
 
-/// The producer thread of one epoch: decodes batch after batch into `sender`.
+/// The producer thread of one epoch: decodes batch after batch into `sender`. A batch left
+/// empty (its files failed) is skipped, except in a data-parallel run, where every rank must
+/// take every step.
 fn produce(
     shared: &Shared,
     order: &[usize],
     batch_size: usize,
+    shard: Shard,
     skip_batches: usize,
     sender: &SyncSender<Result<Batch>>,
     stop: &AtomicBool,
 ) {
-    for (position, indices) in order.chunks(batch_size).enumerate().skip(skip_batches) {
+    for (position, global) in order.chunks(batch_size * shard.world).enumerate().skip(skip_batches) {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let message = match shared.batch(indices, position, stop) {
-            Some(batch) => Ok(batch),
-            None if stop.load(Ordering::Relaxed) => return,
-            None if shared.failed_count.load(Ordering::Relaxed) >= shared.dataset.len() => Err(anyhow!(
+        let first = (shard.rank * batch_size).min(global.len());
+        let mine = &global[first..(first + batch_size).min(global.len())];
+        let batch = shared.batch(mine, first, global.len(), position, stop);
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let message = if !batch.is_empty() {
+            Ok(batch)
+        } else if shared.failed_count.load(Ordering::Relaxed) >= shared.dataset.len() {
+            Err(anyhow!(
                 "none of the {} images of {} could be loaded (see the warnings above)",
                 shared.dataset.len(),
                 shared.dataset.origin
-            )),
-            None => continue,
+            ))
+        } else if shard.world > 1 {
+            Ok(batch)
+        } else {
+            continue;
         };
         let fatal = message.is_err();
         // A send fails only when the Epoch was dropped: stop quietly.

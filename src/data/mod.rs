@@ -24,7 +24,7 @@ pub use builtin::{render_panda, render_red_panda, BUILTIN_LEN, BUILTIN_PANDAS, B
 pub use decode::{MAX_DECODE_BYTES, MAX_DECODE_SIDE};
 use folder::Folder;
 pub use folder::IMAGE_EXTENSIONS;
-pub use loader::{Batch, Epoch, Loader};
+pub use loader::{Batch, Epoch, Loader, Shard};
 
 /// Largest `img_size` accepted by [`Dataset::open`].
 pub const MAX_IMG_SIZE: i64 = 4096;

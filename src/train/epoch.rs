@@ -11,6 +11,7 @@ use anyhow::{ensure, Result};
 use super::trainer::{StepOutput, Trainer};
 use super::{preview, Outcome, RunOptions};
 use crate::data::{Batch, Loader};
+use crate::distributed::ProcessGroup;
 use crate::optim;
 use crate::progress::Progress;
 use crate::tensorboard::Logger;
@@ -35,18 +36,35 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// Trains until the last epoch, `--max-steps`, or a signal.
-pub(super) fn train_epochs(tr: &mut Trainer, opts: &RunOptions, loader: &Loader) -> Result<Outcome> {
+/// How long the other ranks of a data-parallel run wait at the end of an epoch while rank 0
+/// writes the checkpoint and draws the preview (which can take long on a CPU). A rank that
+/// dies meanwhile still fails the wait at once.
+const RANK0_WORK_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Trains until the last epoch, `--max-steps`, or a signal. In a data-parallel run (`pg`),
+/// rank 0 alone writes logs, previews and checkpoints, and all ranks stop at the same step.
+pub(super) fn train_epochs(
+    tr: &mut Trainer,
+    opts: &RunOptions,
+    loader: &Loader,
+    pg: Option<&ProcessGroup>,
+) -> Result<Outcome> {
     let cfg = tr.config().clone();
-    let mut tb = Logger::create(Path::new(&cfg.train.logdir))?;
-    tb.graph(&crate::model::dit_graph(&cfg.model))?;
+    let main = pg.is_none_or(|pg| pg.rank() == 0);
+    let mut tb = if main {
+        let mut tb = Logger::create(Path::new(&cfg.train.logdir))?;
+        tb.graph(&crate::model::dit_graph(&cfg.model))?;
+        Some(tb)
+    } else {
+        None
+    };
     let stop = stop_flag()?;
     let per_epoch = loader.batches_per_epoch() as i64;
     let total_steps = opts.max_steps.unwrap_or(cfg.train.epoch * per_epoch);
     while tr.meta.epoch < cfg.train.epoch {
         let epoch = tr.meta.epoch;
         let started = Instant::now();
-        let (totals, outcome) = run_epoch(tr, &mut tb, loader, total_steps, &stop, opts.max_steps)?;
+        let (totals, outcome) = run_epoch(tr, tb.as_mut(), loader, total_steps, &stop, opts.max_steps, pg)?;
         let elapsed = started.elapsed().as_secs_f64();
         if totals.skipped > 0 {
             eprintln!(
@@ -55,85 +73,116 @@ pub(super) fn train_epochs(tr: &mut Trainer, opts: &RunOptions, loader: &Loader)
                 epoch + 1
             );
         }
-        if totals.batches > 0 {
+        if let (Some(tb), true) = (tb.as_mut(), totals.batches > 0) {
             tb.scalar("train/images_per_sec", tr.meta.step, totals.images as f64 / elapsed)?;
             tb.scalar("train/data_wait_share", tr.meta.step, totals.wait.as_secs_f64() / elapsed)?;
         }
         // An epoch ends when its batches run out, or when a stop falls on its last batch.
         if outcome.is_none() || tr.meta.batch_in_epoch >= per_epoch {
-            end_epoch(tr, &mut tb, &totals, elapsed, opts)?;
+            end_epoch(tr, tb.as_mut(), &totals, elapsed, opts)?;
         }
-        tr.save()?;
-        tb.flush()?;
+        if let Some(tb) = tb.as_mut() {
+            tr.save()?;
+            tb.flush()?;
+        }
+        if let Some(pg) = pg {
+            pg.barrier_within(RANK0_WORK_TIMEOUT)?;
+        }
         if let Some(outcome) = outcome {
             let why = if outcome == Outcome::Interrupted { "interrupted" } else { "reached --max-steps" };
-            println!("{why} at step {}: saved {}", tr.meta.step, tr.weights_path.display());
+            if main {
+                println!("{why} at step {}: saved {}", tr.meta.step, tr.weights_path.display());
+            }
             return Ok(outcome);
         }
     }
-    println!("finished {} epochs; weights in {}", cfg.train.epoch, tr.weights_path.display());
+    if main {
+        println!("finished {} epochs; weights in {}", cfg.train.epoch, tr.weights_path.display());
+    }
     Ok(Outcome::Finished)
 }
 
 /// The batches of the current epoch from where it stands; `Some` when the run stops inside it.
+/// With `tb` (rank 0, or a single process) it logs and shows progress; with `pg` the step is
+/// data-parallel and the stop decision is the ranks' common one.
 fn run_epoch(
     tr: &mut Trainer,
-    tb: &mut Logger,
+    mut tb: Option<&mut Logger>,
     loader: &Loader,
     total_steps: i64,
     stop: &AtomicBool,
     max_steps: Option<i64>,
+    pg: Option<&ProcessGroup>,
 ) -> Result<(EpochTotals, Option<Outcome>)> {
     let (epoch, epochs, per_epoch) = (tr.meta.epoch, tr.config().train.epoch, loader.batches_per_epoch());
-    let mut bar = Progress::new(
-        &format!("Epoch {}/{epochs}", epoch + 1),
-        per_epoch as u64,
-        tr.meta.batch_in_epoch as u64,
-    );
+    let mut bar = tb.is_some().then(|| {
+        Progress::new(
+            &format!("Epoch {}/{epochs}", epoch + 1),
+            per_epoch as u64,
+            tr.meta.batch_in_epoch as u64,
+        )
+    });
     let mut totals = EpochTotals::default();
     let started = Instant::now();
     for batch in loader.epoch(tr.meta.seed, epoch as u64, tr.meta.batch_in_epoch as usize) {
         let batch = batch?;
         totals.wait += batch.wait;
         let lr = optim::learning_rate(&tr.config().train, tr.meta.step, total_steps);
-        let out = guarded_step(tr, &batch)?;
+        let (out, stop_now) = match pg {
+            Some(pg) => {
+                let step =
+                    guarded_step(tr, &batch, |tr| tr.step_shard(&batch, pg, stop.load(Ordering::SeqCst)))?;
+                (step.out, step.stop)
+            }
+            None => (guarded_step(tr, &batch, |tr| Ok(tr.step(&batch.images, &batch.labels)))?, false),
+        };
         let loss = out.loss.double_value(&[]);
         if let Some(loss) = apply_or_skip(tr, &out, loss, lr)? {
-            log_step(tb, tr, &out, loss, lr)?;
+            if let Some(tb) = tb.as_deref_mut() {
+                log_step(tb, tr, &out, loss, lr)?;
+            }
             totals.loss_sum += loss;
             totals.batches += 1;
-            totals.images += batch.images.size()[0];
+            totals.images += if pg.is_some() { batch.global_len as i64 } else { batch.images.size()[0] };
         } else {
             totals.skipped += 1;
         }
         finish_step(tr, &batch);
         let rate = totals.images as f64 / started.elapsed().as_secs_f64();
-        bar.set(tr.meta.batch_in_epoch as u64, || {
-            let (b, s) = (tr.meta.batch_in_epoch, tr.meta.step);
-            format!(
-                "epoch {}/{epochs} batch {b}/{per_epoch} step {s} loss {loss:.4} {rate:.1} img/s",
-                epoch + 1
-            )
-        });
-        if stop.load(Ordering::SeqCst) {
-            bar.finish();
-            return Ok((totals, Some(Outcome::Interrupted)));
+        if let Some(bar) = bar.as_mut() {
+            bar.set(tr.meta.batch_in_epoch as u64, || {
+                let (b, s) = (tr.meta.batch_in_epoch, tr.meta.step);
+                format!(
+                    "epoch {}/{epochs} batch {b}/{per_epoch} step {s} loss {loss:.4} {rate:.1} img/s",
+                    epoch + 1
+                )
+            });
         }
-        if max_steps.is_some_and(|m| tr.meta.step >= m) {
-            bar.finish();
-            return Ok((totals, Some(Outcome::MaxSteps)));
+        let outcome = if stop_now || (pg.is_none() && stop.load(Ordering::SeqCst)) {
+            Some(Outcome::Interrupted)
+        } else if max_steps.is_some_and(|m| tr.meta.step >= m) {
+            Some(Outcome::MaxSteps)
+        } else {
+            None
+        };
+        if outcome.is_some() {
+            bar.iter().for_each(Progress::finish);
+            return Ok((totals, outcome));
         }
     }
-    bar.finish();
+    bar.iter().for_each(Progress::finish);
     Ok((totals, None))
 }
 
 /// The step, with a device that runs out of memory turned into an error that names the batch
 /// size (libtorch reports it as a panic inside tch). Nothing is saved, so the last checkpoint
 /// stays as it was.
-fn guarded_step(tr: &mut Trainer, batch: &Batch) -> Result<StepOutput> {
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tr.step(&batch.images, &batch.labels)));
+fn guarded_step<T>(
+    tr: &mut Trainer,
+    batch: &Batch,
+    step: impl FnOnce(&mut Trainer) -> Result<T>,
+) -> Result<T> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&mut *tr)));
     result.map_err(|payload| {
         let text = payload.downcast_ref::<String>().map_or("", String::as_str);
         let first = text.lines().next().unwrap_or_default();
@@ -150,7 +199,7 @@ fn guarded_step(tr: &mut Trainer, batch: &Batch) -> Result<StepOutput> {
         } else {
             std::panic::resume_unwind(payload)
         }
-    })
+    })?
 }
 
 /// Applies the step when its loss and gradient norm are finite and returns the loss; otherwise
@@ -193,14 +242,18 @@ fn finish_step(tr: &mut Trainer, batch: &Batch) {
 }
 
 /// `Loss/epoch`, the epoch line, the counters moved to the next epoch, and the preview.
+/// Without `tb` (a rank other than 0) only the counters move.
 fn end_epoch(
     tr: &mut Trainer,
-    tb: &mut Logger,
+    tb: Option<&mut Logger>,
     totals: &EpochTotals,
     elapsed: f64,
     opts: &RunOptions,
 ) -> Result<()> {
     let (epoch, epochs) = (tr.meta.epoch, tr.config().train.epoch);
+    tr.meta.epoch += 1;
+    tr.meta.batch_in_epoch = 0;
+    let Some(tb) = tb else { return Ok(()) };
     if totals.batches > 0 {
         let mean = totals.loss_sum / totals.batches as f64;
         tb.scalar("Loss/epoch", epoch, mean)?;
@@ -212,8 +265,6 @@ fn end_epoch(
             100.0 * totals.wait.as_secs_f64() / elapsed
         );
     }
-    tr.meta.epoch += 1;
-    tr.meta.batch_in_epoch = 0;
     let every = tr.config().train.preview.every_epochs;
     if every > 0 && (epoch + 1) % every == 0 {
         let started = Instant::now();

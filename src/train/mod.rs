@@ -2,11 +2,13 @@
 //! gradient clipping, an EMA of the weights, a learning-rate schedule, cheap previews, and
 //! checkpoints that resume exactly. The parts, in the order a run meets them:
 //! [`resume`] (how it starts), [`trainer`] (the step), [`epoch`] (the loop, logs and
-//! checkpoints), [`preview`] (samples after epochs).
+//! checkpoints), [`preview`] (samples after epochs); [`shard`] when torchrun starts several
+//! processes (data parallelism).
 
 mod epoch;
 mod preview;
 mod resume;
+mod shard;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -19,7 +21,8 @@ pub use trainer::{Draws, StepOutput, Trainer};
 
 use crate::checkpoint::{self, state};
 use crate::config::Config;
-use crate::data::{Dataset, Loader};
+use crate::data::{Dataset, Loader, Shard};
+use crate::distributed::{self, ProcessGroup, World};
 
 /// What the command line adds to the config.
 #[derive(Debug, Clone)]
@@ -29,6 +32,9 @@ pub struct RunOptions {
     pub max_steps: Option<i64>,
     /// Where to write the preview grid PNG (default: beside the checkpoint).
     pub preview_png: Option<PathBuf>,
+    /// This process's place when torchrun started several ([`World::from_env`]): each trains
+    /// on its share of every batch of `train.batch_size` × world size images.
+    pub world: Option<World>,
 }
 
 /// How a run ended.
@@ -42,10 +48,17 @@ pub enum Outcome {
 /// Trains as configured; see the module documentation.
 pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     cfg.validate()?;
+    let (device, pg) = join(opts)?;
+    let main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
     let weights_path = PathBuf::from(&cfg.train.model_save_path);
     checkpoint::Format::from_path(&weights_path).context("train.model_save_path")?;
-    resume::check_writable(&resume::parent(&weights_path), "checkpoint")?;
+    if main {
+        resume::check_writable(&resume::parent(&weights_path), "checkpoint")?;
+    }
     let resumed = resume::read_state(&weights_path, &mut cfg)?;
+    if let Some(pg) = &pg {
+        shard::agree_config(pg, &mut cfg)?;
+    }
 
     let dataset = Arc::new(Dataset::open(&cfg.train.data_path, cfg.model.img_size)?);
     let classes = dataset.class_names().to_vec();
@@ -57,18 +70,49 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         cfg.model.label_num
     );
     let t = &cfg.train;
-    let loader = Loader::new(dataset.clone(), t.batch_size as usize, t.num_workers as usize, t.cache_images)?;
-    let mut tr = resume::start(cfg, classes, resumed, opts.device)?;
-    describe(&tr, &dataset);
+    let mut loader =
+        Loader::new(dataset.clone(), t.batch_size as usize, t.num_workers as usize, t.cache_images)?;
+    let world_size = pg.as_ref().map_or(1, ProcessGroup::world_size);
+    if let Some(pg) = &pg {
+        loader = loader.sharded(Shard { rank: pg.rank(), world: world_size })?;
+    }
+    let mut tr = resume::start(cfg, classes, resumed, device, world_size as i64, main)?;
+    if let Some(pg) = &pg {
+        shard::replicate(&tr, pg)?;
+    }
+    if main {
+        describe(&tr, &dataset, world_size);
+    }
     if opts.max_steps.is_some_and(|m| tr.meta.step >= m) {
-        println!("already at step {} (--max-steps {}); nothing to do", tr.meta.step, opts.max_steps.unwrap());
+        if main {
+            println!(
+                "already at step {} (--max-steps {}); nothing to do",
+                tr.meta.step,
+                opts.max_steps.unwrap()
+            );
+        }
         return Ok(Outcome::MaxSteps);
     }
-    epoch::train_epochs(&mut tr, opts, &loader)
+    epoch::train_epochs(&mut tr, opts, &loader, pg.as_ref())
+}
+
+/// The training device, and the process group when torchrun started more than one process:
+/// Gloo on the CPU, NCCL on `cuda:LOCAL_RANK`.
+fn join(opts: &RunOptions) -> Result<(Device, Option<ProcessGroup>)> {
+    let Some(world) = opts.world.as_ref().filter(|w| w.world_size > 1) else {
+        return Ok((opts.device, None));
+    };
+    let device = match opts.device {
+        Device::Cuda(_) => Device::Cuda(world.local_rank),
+        other => other,
+    };
+    let backend = distributed::Backend::auto(device);
+    let pg = ProcessGroup::new(world, backend, device, distributed::Options::default())?;
+    Ok((device, Some(pg)))
 }
 
 /// The model as PyTorch prints it, then the run's data, device, seed and files.
-fn describe(tr: &Trainer, dataset: &Dataset) {
+fn describe(tr: &Trainer, dataset: &Dataset, world_size: usize) {
     println!("{}", tr.model);
     println!(
         "{} parameters; data: {}; device: {:?}; seed {}",
@@ -77,6 +121,13 @@ fn describe(tr: &Trainer, dataset: &Dataset) {
         tr.device,
         tr.meta.seed
     );
+    if world_size > 1 {
+        let b = tr.config().train.batch_size;
+        println!(
+            "data parallel: {world_size} processes × batch {b} = {} images per step",
+            b * world_size as i64
+        );
+    }
     if dataset.class_names().len() > 1 {
         println!("classes (label order): {}", dataset.class_names().join(", "));
     }

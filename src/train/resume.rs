@@ -75,35 +75,68 @@ fn choose_seed(resumed: Option<&TrainState>, asked: Option<u64>) -> Result<u64> 
     })
 }
 
-/// The trainer for `cfg` (already fitted by [`read_state`]), fresh or restored.
+/// The trainer for `cfg` (already fitted by [`read_state`]), fresh or restored, for a run of
+/// `world_size` processes; `verbose` for the one that reports.
 pub(super) fn start(
     cfg: Config,
     classes: Vec<String>,
     resumed: Option<TrainState>,
     device: Device,
+    world_size: i64,
+    verbose: bool,
 ) -> Result<Trainer> {
     let weights_path = PathBuf::from(&cfg.train.model_save_path);
     let seed = cfg.train.seed.expect("read_state chose the seed");
-    let meta = TrainMeta { step: 0, epoch: 0, batch_in_epoch: 0, seed, classes, config: cfg };
+    let meta = TrainMeta { step: 0, epoch: 0, batch_in_epoch: 0, world_size, seed, classes, config: cfg };
     let mut tr = Trainer::new(meta, device, weights_path.clone());
     let state_path = state::state_path(&weights_path);
     if let Some(st) = &resumed {
         state::check_against(&state_path, st, &tr.shapes())?;
         tr.restore(st);
-        println!(
-            "resuming from {} at step {} (epoch {}, batch {})",
-            state_path.display(),
-            tr.meta.step,
-            tr.meta.epoch + 1,
-            tr.meta.batch_in_epoch
-        );
+        let global_batch = tr.config().train.batch_size * world_size;
+        tr.meta.batch_in_epoch = position_in_epoch(st, global_batch, verbose);
+        if verbose {
+            println!(
+                "resuming from {} at step {} (epoch {}, batch {})",
+                state_path.display(),
+                tr.meta.step,
+                tr.meta.epoch + 1,
+                tr.meta.batch_in_epoch
+            );
+        }
     } else if weights_path.is_file() {
         tr.load_weights(&weights_path)?;
-        println!(
-            "starting from the weights in {} with a fresh optimizer (no training state {} beside them)",
-            weights_path.display(),
-            state_path.display()
-        );
+        if verbose {
+            println!(
+                "starting from the weights in {} with a fresh optimizer (no training state {} beside them)",
+                weights_path.display(),
+                state_path.display()
+            );
+        }
     }
     Ok(tr)
+}
+
+/// The batches of the current epoch already done, in batches of `global_batch` images: the
+/// saved count when the batch is the saved run's (batch size × processes), else converted
+/// through the images done. When those are not a whole number of new batches, the epoch goes
+/// on from the last batch boundary before them, so a few images are seen twice this epoch
+/// (said when `verbose`).
+fn position_in_epoch(st: &TrainState, global_batch: i64, verbose: bool) -> i64 {
+    let m = &st.meta;
+    let saved_batch = m.config.train.batch_size * m.world_size;
+    if saved_batch == global_batch {
+        return m.batch_in_epoch;
+    }
+    let images = m.batch_in_epoch * saved_batch;
+    if verbose && images % global_batch != 0 {
+        eprintln!(
+            "note: {images} images of epoch {} were done in batches of {saved_batch}; batches of {global_batch} \
+             go on from image {}, so {} images are seen twice this epoch",
+            m.epoch + 1,
+            images / global_batch * global_batch,
+            images % global_batch
+        );
+    }
+    images / global_batch
 }

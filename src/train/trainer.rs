@@ -214,6 +214,14 @@ impl Trainer {
         Ok(())
     }
 
+    /// What every rank of a data-parallel run holds alike: the weights, the EMA and Adam's
+    /// moments (sharing storage with the trainer's).
+    pub(super) fn replicated(&self) -> Vec<Tensor> {
+        let ema = self.ema.iter().flat_map(|e| e.shadow.iter());
+        let adam = self.adam.exp_avg.iter().chain(&self.adam.exp_avg_sq);
+        self.params.iter().chain(ema).chain(adam).map(Tensor::shallow_clone).collect()
+    }
+
     /// The parameters' names and shapes.
     pub fn shapes(&self) -> checkpoint::Shapes {
         checkpoint::shapes(&self.vs)
