@@ -8,6 +8,7 @@ pub mod data;
 pub mod diffusion;
 pub mod model;
 pub mod optim;
+pub mod quality;
 pub mod sampling;
 pub mod tensorboard;
 pub mod train;
