@@ -12,6 +12,7 @@ pub mod generate;
 pub mod model;
 pub mod optim;
 pub mod progress;
+pub mod quality;
 pub mod rng;
 pub mod sampling;
 pub mod tensorboard;
