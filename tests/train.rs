@@ -252,3 +252,37 @@ fn adam_matches_pytorch() {
         assert!(max_abs_diff(&adam.exp_avg_sq[i], &py[&format!("exp_avg_sq.p{i}")]) <= 1e-12);
     }
 }
+
+#[test]
+fn sample_quality_is_logged_every_eval_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs = panda_folder(d); // 16 images: epochs of 2 steps
+    let eval = r#"{"train": {"eval": {"every_epochs": 2, "num": 16}, "epoch": 4}}"#;
+    write_tiny_config(d, "tiny.json", &[TRAIN, eval]);
+    let out = train(d, &["--data", p(&imgs), "--checkpoint", "w.ot", "--logdir", "logs"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("sample quality: SWD").count(), 2, "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&golden(&["tb_tags", "--config", p(&d.join("logs"))])).unwrap();
+    let swd = summary["scalars"]["Quality/swd"].as_array().unwrap();
+    assert_eq!(
+        swd.iter().map(|e| e[0].as_i64().unwrap()).collect::<Vec<_>>(),
+        [1, 3],
+        "after epochs 2 and 4"
+    );
+    assert!(swd.iter().all(|e| e[1].as_f64().unwrap() > 0.0), "{swd:?}");
+    // 16×16 images have one pyramid level of side 16.
+    assert_eq!(summary["scalars"]["Quality/swd_16"].as_array().unwrap().len(), 2);
+    // Too few images to measure is a config error.
+    let few = tiny_config(&[r#"{"train": {"eval": {"every_epochs": 1, "num": 4}}}"#]);
+    std::fs::write(d.join("few.json"), few).unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(["--config", "few.json", "--data", p(&imgs), "--checkpoint", "few.ot", "--logdir", "few"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("train.eval.num must be at least 16"), "{err}");
+    assert!(!d.join("few.ot").exists(), "nothing is written before the check");
+}

@@ -11,7 +11,7 @@ mod model;
 mod train;
 
 pub use model::{Attention, ModelConfig, Precision, RuntimeConfig};
-pub use train::{LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
+pub use train::{EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
 
 /// The config file commands read when none is named.
 pub const DEFAULT_PATH: &str = "config.json";

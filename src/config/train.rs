@@ -52,6 +52,27 @@ pub struct TrainConfig {
     pub skip_nonfinite: bool,
     /// The sample drawn and logged after epochs.
     pub preview: PreviewConfig,
+    /// The sample quality measured after epochs (`Quality/swd` in TensorBoard).
+    pub eval: EvalConfig,
+}
+
+/// Sample quality during training: every `every_epochs` epochs, `num` images sampled with the
+/// EMA weights and the preview's sampler, and their sliced Wasserstein distance to as many
+/// training images (`crate::quality`), logged as `Quality/swd` (the mean over pyramid levels,
+/// × 10³) and `Quality/swd_<side>` per level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Measure every this many epochs; 0 (the default, as the original) turns it off.
+    pub every_epochs: i64,
+    /// Images sampled and compared (at least 16; a few hundred make a stable number).
+    pub num: i64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { every_epochs: 0, num: 256 }
+    }
 }
 
 /// Learning-rate schedules.
@@ -142,6 +163,7 @@ impl Default for TrainConfig {
             label_init: LabelInit::Shared,
             skip_nonfinite: false,
             preview: PreviewConfig::default(),
+            eval: EvalConfig::default(),
         }
     }
 }
@@ -193,6 +215,13 @@ impl TrainConfig {
             p.every_epochs
         );
         ensure!(p.num > 0, "train.preview.num must be a positive integer, got {}", p.num);
+        let e = &self.eval;
+        ensure!(
+            e.every_epochs >= 0,
+            "train.eval.every_epochs must be 0 (off) or positive, got {}",
+            e.every_epochs
+        );
+        // Its lower bound belongs to the metric; `train` checks it before training starts.
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 
+use super::probe::Probe;
 use super::trainer::{StepOutput, Trainer};
 use super::{preview, Outcome, RunOptions};
 use crate::data::{Batch, Loader};
@@ -48,6 +49,7 @@ pub(super) fn train_epochs(
     opts: &RunOptions,
     loader: &Loader,
     pg: Option<&ProcessGroup>,
+    probe: Option<&Probe>,
 ) -> Result<Outcome> {
     let cfg = tr.config().clone();
     let main = pg.is_none_or(|pg| pg.rank() == 0);
@@ -79,7 +81,7 @@ pub(super) fn train_epochs(
         }
         // An epoch ends when its batches run out, or when a stop falls on its last batch.
         if outcome.is_none() || tr.meta.batch_in_epoch >= per_epoch {
-            end_epoch(tr, tb.as_mut(), &totals, elapsed, opts)?;
+            end_epoch(tr, tb.as_mut(), &totals, elapsed, opts, probe)?;
         }
         if let Some(tb) = tb.as_mut() {
             tr.save()?;
@@ -249,6 +251,7 @@ fn end_epoch(
     totals: &EpochTotals,
     elapsed: f64,
     opts: &RunOptions,
+    probe: Option<&Probe>,
 ) -> Result<()> {
     let (epoch, epochs) = (tr.meta.epoch, tr.config().train.epoch);
     tr.meta.epoch += 1;
@@ -270,6 +273,17 @@ fn end_epoch(
         let started = Instant::now();
         let path = preview::preview(tr, tb, epoch, opts.preview_png.clone())?;
         println!("preview: {} ({:.1} s)", path.display(), started.elapsed().as_secs_f64());
+    }
+    let every = tr.config().train.eval.every_epochs;
+    if let (Some(probe), true) = (probe, every > 0 && (epoch + 1) % every == 0) {
+        let started = Instant::now();
+        let r = probe.measure(tr, tb, epoch)?;
+        println!(
+            "sample quality: SWD {:.2} (×10³, per level {:?}; {:.1} s)",
+            r.mean,
+            r.per_level,
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 mod epoch;
 mod preview;
+mod probe;
 mod resume;
 mod shard;
 pub mod trainer;
@@ -93,7 +94,12 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         }
         return Ok(Outcome::MaxSteps);
     }
-    epoch::train_epochs(&mut tr, opts, &loader, pg.as_ref())
+    let probe = match tr.config().train.eval.every_epochs {
+        0 => None,
+        _ if pg.as_ref().is_some_and(|pg| pg.rank() != 0) => None,
+        _ => Some(probe::Probe::new(&dataset, tr.config().train.eval.num)?),
+    };
+    epoch::train_epochs(&mut tr, opts, &loader, pg.as_ref(), probe.as_ref())
 }
 
 /// The training device, and the process group when torchrun started more than one process:
