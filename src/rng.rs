@@ -48,13 +48,37 @@ impl SplitMix64 {
     pub fn below(&mut self, n: usize) -> usize {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
+
+    /// The generator of stream `stream` of `seed`: distinct streams give unrelated sequences.
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut mixer = SplitMix64(seed);
+        SplitMix64(mixer.next_u64() ^ stream.wrapping_mul(GOLDEN_GAMMA))
+    }
+
+    /// A standard normal number (Box–Muller, one of the pair).
+    pub fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.unit(); // (0, 1]: the logarithm stays finite
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// `k` distinct indices of 0..n, ascending (k ≤ n): a partial Fisher–Yates shuffle.
+    pub fn subset(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..n).collect();
+        for i in 0..k.min(n) {
+            let j = i + self.below(n - i);
+            all.swap(i, j);
+        }
+        all.truncate(k);
+        all.sort_unstable();
+        all
+    }
 }
 
 /// The order of epoch `epoch`: a permutation of 0..len that depends only on (seed, epoch), by
 /// a Fisher–Yates shuffle.
 pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut mixer = SplitMix64(seed);
-    let mut rng = SplitMix64(mixer.next_u64() ^ epoch.wrapping_mul(GOLDEN_GAMMA));
+    let mut rng = SplitMix64::stream(seed, epoch);
     let mut order: Vec<usize> = (0..len).collect();
     for i in (1..len).rev() {
         let j = rng.below(i + 1);
@@ -98,5 +122,23 @@ mod tests {
         assert_eq!(rng.next_u64(), splitmix64(42));
         assert_eq!(rng.next_u64(), splitmix64(42u64.wrapping_add(GOLDEN_GAMMA)));
         assert!((0..1000).all(|_| rng.below(7) < 7 && (0.0..1.0).contains(&rng.unit())));
+    }
+
+    #[test]
+    fn normal_numbers_have_mean_0_and_variance_1() {
+        let mut rng = SplitMix64::stream(3, 0);
+        let v: Vec<f64> = (0..20_000).map(|_| rng.normal()).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean}, variance {var}");
+    }
+
+    #[test]
+    fn subsets_are_distinct_sorted_and_seeded() {
+        let a = SplitMix64::stream(1, 2).subset(100, 30);
+        assert_eq!(a.len(), 30);
+        assert!(a.windows(2).all(|w| w[0] < w[1]) && a[29] < 100);
+        assert_eq!(a, SplitMix64::stream(1, 2).subset(100, 30));
+        assert_ne!(a, SplitMix64::stream(1, 3).subset(100, 30));
     }
 }

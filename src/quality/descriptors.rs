@@ -3,7 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// `per_image` neighbourhoods of `patch × patch` pixels of every image of `level`
 /// (N, C, S, S'), each at a position drawn uniformly (with replacement) from the S − patch + 1
@@ -18,8 +18,8 @@ pub fn sample(level: &Tensor, per_image: i64, patch: i64, rng: &mut SplitMix64) 
     for i in 0..n {
         for _ in 0..per_image {
             image.push(i);
-            top.push(rng.below((h - patch + 1) as u64) as i64);
-            left.push(rng.below((w - patch + 1) as u64) as i64);
+            top.push(rng.below((h - patch + 1) as usize) as i64);
+            left.push(rng.below((w - patch + 1) as usize) as i64);
         }
     }
     let device = level.device();
@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn patches_are_the_pixels_they_claim_to_be() {
         let level = Tensor::arange(2 * 3 * 10 * 12, (Kind::Float, Device::Cpu)).view([2, 3, 10, 12]);
-        let d = sample(&level, 5, 7, &mut SplitMix64::new(0, 0));
+        let d = sample(&level, 5, 7, &mut SplitMix64::stream(0, 0));
         assert_eq!(d.size(), [10, 147]);
         for k in 0..10 {
             let row = Vec::<f32>::try_from(d.get(k)).unwrap();

@@ -34,7 +34,6 @@
 mod descriptors;
 mod images;
 pub mod pyramid;
-mod rng;
 mod sort;
 mod swd;
 
@@ -42,8 +41,8 @@ use anyhow::{ensure, Result};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use crate::rng::SplitMix64;
 pub use images::{load_images, native_size, resolve_class};
-use rng::SplitMix64;
 
 /// Fewest images per set [`swd()`] accepts. At 16 the floor (two disjoint draws of the same
 /// data) is already 45 (× 10⁻³) on `builtin:pandas`, about the distance of a blurred copy at
@@ -110,12 +109,12 @@ pub fn swd(a: &Tensor, b: &Tensor, opts: &SwdOptions, seed: u64) -> Result<SwdRe
 fn measure(a: &Tensor, b: &Tensor, opts: &SwdOptions, seed: u64) -> Result<SwdReport> {
     let (na, nb) = (a.size()[0], b.size()[0]);
     let n = na.min(nb);
-    let (a, b) = (subset(a, n, SplitMix64::new(seed, 1)), subset(b, n, SplitMix64::new(seed, 2)));
+    let (a, b) = (subset(a, n, SplitMix64::stream(seed, 1)), subset(b, n, SplitMix64::stream(seed, 2)));
     let (side, channels) = (a.size()[2].min(a.size()[3]), a.size()[1]);
     let sides = pyramid::resolutions(side, opts.min_resolution);
-    let levels_a = level_descriptors(&a, sides.len(), opts, &mut SplitMix64::new(seed, 3));
-    let levels_b = level_descriptors(&b, sides.len(), opts, &mut SplitMix64::new(seed, 4));
-    let mut directions = SplitMix64::new(seed, 5);
+    let levels_a = level_descriptors(&a, sides.len(), opts, &mut SplitMix64::stream(seed, 3));
+    let levels_b = level_descriptors(&b, sides.len(), opts, &mut SplitMix64::stream(seed, 4));
+    let mut directions = SplitMix64::stream(seed, 5);
     let per_level: Vec<(i64, f64)> = sides
         .iter()
         .zip(levels_a.iter().zip(&levels_b))

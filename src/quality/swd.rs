@@ -7,8 +7,8 @@
 use rayon::prelude::*;
 use tch::{Kind, Tensor};
 
-use super::rng::SplitMix64;
 use super::sort;
+use crate::rng::SplitMix64;
 
 /// Projections sorted at a time: bounds the extra memory to about 12 bytes × this × set size.
 const SORT_CHUNK: i64 = 32;
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn directions_are_unit_vectors() {
-        let d = directions(147, 64, &mut SplitMix64::new(0, 0));
+        let d = directions(147, 64, &mut SplitMix64::stream(0, 0));
         let norms = d.square().sum_dim_intlist([0i64].as_slice(), false, Kind::Float).sqrt();
         assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
     }
@@ -90,11 +90,11 @@ mod tests {
         let a = Tensor::randn([300, 5], (Kind::Float, Device::Cpu));
         let shift = Tensor::from_slice(&[0.5f32, 0.0, 0.0, 0.0, 0.0]);
         let b = (&a + &shift).flip([0]);
-        let got = sliced_wasserstein(&a, &b, 2, 16, &mut SplitMix64::new(7, 0));
-        let mut rng = SplitMix64::new(7, 0);
+        let got = sliced_wasserstein(&a, &b, 2, 16, &mut SplitMix64::stream(7, 0));
+        let mut rng = SplitMix64::stream(7, 0);
         let (d1, d2) = (directions(5, 16, &mut rng), directions(5, 16, &mut rng));
         let expected = Tensor::cat(&[d1, d2], 1).get(0).abs().mean(Kind::Double).double_value(&[]) * 0.5;
         assert!((got - expected).abs() < 1e-5, "{got} against {expected}");
-        assert!(sliced_wasserstein(&a, &a.flip([0]), 1, 8, &mut SplitMix64::new(0, 0)) < 1e-6);
+        assert!(sliced_wasserstein(&a, &a.flip([0]), 1, 8, &mut SplitMix64::stream(0, 0)) < 1e-6);
     }
 }
