@@ -133,18 +133,7 @@ pub fn sample(
         remember(0, &x);
         for (i, &t) in timesteps.iter().enumerate() {
             let t_batch = Tensor::full([batch], t, (Kind::Int64, device)); // (B)
-            let eps = match guidance {
-                None => model.forward(&x, labels, &t_batch), // (B, C, I, I)
-                Some(w) => {
-                    let both = model.forward(
-                        &Tensor::cat(&[&x, &x], 0),
-                        &Tensor::cat(&[labels, &null_labels], 0),
-                        &Tensor::cat(&[&t_batch, &t_batch], 0),
-                    ); // (2B, C, I, I)
-                    let (cond, uncond) = (both.narrow(0, 0, batch), both.narrow(0, batch, batch));
-                    &uncond + (cond - &uncond) * w
-                }
-            };
+            let eps = predict_noise(model, &x, labels, &null_labels, &t_batch, guidance); // (B, C, I, I)
             x = match sampler {
                 SamplerKind::Ddpm => schedule.ddpm_step(&x, &eps, t),
                 SamplerKind::Ddim => schedule.ddim_step(&x, &eps, t, timesteps.get(i + 1).copied(), eta),
@@ -158,6 +147,27 @@ pub fn sample(
         let kept = kept.into_iter().map(|k| k.expect("every kept index was checked")).collect();
         Ok((x, kept))
     })
+}
+
+/// ε̂ at (x, t): the conditional prediction, or with guidance weight `w` the mix
+/// ε_uncond + w·(ε_cond − ε_uncond) of both, computed in one batched forward pass.
+fn predict_noise(
+    model: &Dit,
+    x: &Tensor,
+    labels: &Tensor,
+    null_labels: &Tensor,
+    t: &Tensor,
+    guidance: Option<f64>,
+) -> Tensor {
+    let Some(w) = guidance else { return model.forward(x, labels, t) };
+    let batch = x.size()[0];
+    let both = model.forward(
+        &Tensor::cat(&[x, x], 0),
+        &Tensor::cat(&[labels, null_labels], 0),
+        &Tensor::cat(&[t, t], 0),
+    ); // (2B, C, I, I)
+    let (cond, uncond) = (both.narrow(0, 0, batch), both.narrow(0, batch, batch));
+    &uncond + (cond - &uncond) * w
 }
 
 /// Shape and label checks that would otherwise surface as libtorch panics in the forward pass.
