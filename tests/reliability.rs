@@ -301,3 +301,26 @@ fn a_failing_save_is_an_error_and_keeps_the_previous_checkpoint() {
     assert_eq!(std::fs::read(d.join("w.ot")).unwrap(), weights, "the weights changed");
     assert_eq!(std::fs::read(d.join("w.ot.state.safetensors")).unwrap(), state, "the state changed");
 }
+
+#[test]
+fn running_out_of_memory_is_one_line_naming_the_batch_size_and_saves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Naive attention at 256² materialises 16·6·4096² floats (6.4 GB) per block: more than the
+    // 9 GB of address space allowed here once libtorch is loaded, so the first step fails.
+    std::fs::write(
+        d.join("big.json"),
+        r#"{"model": {"img_size": 256}, "runtime": {"attention": "naive"},
+            "train": {"data_path": "builtin:pandas", "batch_size": 16, "num_workers": 1, "preview": {"every_epochs": 0}}}"#,
+    )
+    .unwrap();
+    let train = env!("CARGO_BIN_EXE_train");
+    let script = format!(
+        "ulimit -v 9000000 && exec {train} --config big.json --checkpoint w.ot --logdir logs --device cpu --max-steps 1"
+    );
+    let out = Command::new("bash").arg("-c").arg(&script).current_dir(d).output().unwrap();
+    let err = one_line_error(&out);
+    assert!(err.contains("ran out of memory for train.batch_size 16 at step 0"), "{err}");
+    assert!(err.contains("nothing was saved"), "{err}");
+    assert!(!d.join("w.ot").exists() && !d.join("w.ot.state.safetensors").exists());
+}

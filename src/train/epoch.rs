@@ -190,13 +190,17 @@ fn guarded_step<T>(
         let first = text.lines().next().unwrap_or_default();
         if first.contains("out of memory") || first.contains("can't allocate memory") {
             let asked = first.split_once("Tried to allocate ").map_or("", |(_, r)| r.split(". ").next().unwrap_or(""));
+            let kept = if tr.weights_path.exists() {
+                format!("{} is as it was", tr.weights_path.display())
+            } else {
+                "nothing was saved".to_string()
+            };
             anyhow::anyhow!(
-                "the {:?} device ran out of memory for train.batch_size {}{} at step {}; lower train.batch_size or use --precision bf16 ({} is unchanged)",
+                "the {:?} device ran out of memory for train.batch_size {}{} at step {}; lower train.batch_size or use --precision bf16 ({kept})",
                 tr.device(),
                 batch.images.size()[0],
                 if asked.is_empty() { String::new() } else { format!(" (asked for {asked} more)") },
                 tr.meta.step,
-                tr.weights_path.display()
             )
         } else {
             std::panic::resume_unwind(payload)
