@@ -94,8 +94,15 @@ impl Schedule {
     ///    `randn_like` only when σ_t can be non-zero (η > 0 and a step remains). ε̂ is used
     ///    as predicted, not re-derived from the clamped x̂0 (as diffusers' DDIMScheduler
     ///    does); 1 − ᾱ_prev − σ² is floored at 0 so that η > 1 cannot produce NaNs.
+    /// 4. x_prev is clamped to [−1, 1], as the original's DDPM clamps x after every step.
     ///
-    /// Intermediate x is not clamped: a noisy x_t legitimately leaves [−1, 1].
+    /// Step 4 departs from Song et al. (a noisy x_t legitimately leaves [−1, 1]) on purpose:
+    /// measured on the quick-start model (256 samples against `builtin:pandas`, sliced
+    /// Wasserstein distance × 10³, BENCHMARKS.md), DDIM-50 scores 113.8 without it and 96.8
+    /// with it at η = 0, and 70.9 with it at η = 1 (91.0 without), against 67.0 for the
+    /// original's DDPM-1000; so with η = 1 this step is the original's clamped ancestral step
+    /// on a shorter schedule. Re-deriving ε̂ from the clamped x̂0 and other step spacings
+    /// measured no better than 2% apart.
     pub fn ddim_step(&self, x: &Tensor, eps: &Tensor, t: i64, t_prev: Option<i64>, eta: f64) -> Tensor {
         let alpha_bar = self.alphas_cumprod.get(t);
         let alpha_bar_prev = match t_prev {
@@ -111,11 +118,10 @@ impl Schedule {
         // 3. x_prev (eq. 12): the x0 term, the direction pointing to x_t, the random noise
         let direction = (one_minus(&alpha_bar_prev) - sigma.square()).clamp_min(0.0).sqrt() * eps;
         let x_prev = alpha_bar_prev.sqrt() * x0 + direction;
-        if eta > 0.0 && t_prev.is_some() {
-            &x_prev + x_prev.randn_like() * sigma
-        } else {
-            x_prev
-        }
+        let x_prev =
+            if eta > 0.0 && t_prev.is_some() { &x_prev + x_prev.randn_like() * sigma } else { x_prev };
+        // 4. the original's clamp
+        x_prev.clamp(-1.0, 1.0)
     }
 }
 

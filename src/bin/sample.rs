@@ -29,13 +29,13 @@ struct Args {
     /// else the original's]
     #[arg(long)]
     config: Option<PathBuf>,
-    /// ddpm: the original's sampler, all max_t steps; ddim: deterministic (eta 0) in fewer steps.
+    /// ddpm: the original's sampler, all max_t steps; ddim: the same model in fewer steps.
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
     sampler: SamplerKind,
     /// Denoising steps [default: max_t for ddpm, 50 for ddim]
     #[arg(long, allow_negative_numbers = true)]
     steps: Option<i64>,
-    /// DDIM's eta: 0 is deterministic, 1 adds DDPM-like noise [default: 0]
+    /// DDIM's eta: 1 adds DDPM-like noise every step, 0 is deterministic [default: 1]
     #[arg(long, allow_negative_numbers = true)]
     eta: Option<f64>,
     /// Classifier-free guidance weight W (ε = ε_uncond + W·(ε_cond − ε_uncond)); 1 = none.
@@ -87,7 +87,7 @@ fn run(args: &Args) -> Result<()> {
     if sampler == SamplerKind::Ddpm && args.eta.is_some() {
         bail!("--eta applies to --sampler ddim only");
     }
-    let eta = args.eta.unwrap_or(0.0);
+    let eta = args.eta.unwrap_or(sampling::DEFAULT_DDIM_ETA);
     ensure!(eta >= 0.0 && eta.is_finite(), "--eta must be a number ≥ 0, got {eta}");
     if let Some(path) = &args.tensor_out {
         ensure!(

@@ -51,7 +51,13 @@ impl Drop for EmaSwap<'_> {
 pub(super) fn preview(tr: &Trainer, tb: &mut Logger, epoch: i64, png: Option<PathBuf>) -> Result<PathBuf> {
     let (m, p) = (&tr.config().model, &tr.config().train.preview);
     let keep = sampling::progress_indices(p.steps);
-    let options = SampleOptions { sampler: p.sampler, steps: p.steps, eta: 0.0, keep, guidance: None };
+    let options = SampleOptions {
+        sampler: p.sampler,
+        steps: p.steps,
+        eta: sampling::DEFAULT_DDIM_ETA,
+        keep,
+        guidance: None,
+    };
     // The same noise every time, so previews show training progress, not new draws.
     tch::manual_seed(step_seed(tr.meta.seed, -2));
     let n = p.num;

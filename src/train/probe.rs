@@ -38,8 +38,13 @@ impl Probe {
         let noise = Tensor::randn([n, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
         let classes = (tr.meta.classes.len() as i64).max(1);
         let labels = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(classes);
-        let options =
-            SampleOptions { sampler: p.sampler, steps: p.steps, eta: 0.0, keep: vec![], guidance: None };
+        let options = SampleOptions {
+            sampler: p.sampler,
+            steps: p.steps,
+            eta: sampling::DEFAULT_DDIM_ETA,
+            keep: vec![],
+            guidance: None,
+        };
         let (images, _) = {
             let _ema = tr.ema.as_ref().map(|ema| EmaSwap::new(&tr.params, ema));
             sampling::sample_in_batches(
