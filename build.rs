@@ -57,10 +57,9 @@ fn main() {
     distributed(&libtorch);
 }
 
-/// The c10d shim of src/distributed, plus its NCCL part when the wheel has CUDA and a CUDA
-/// toolkit's headers are found (CUDA_HOME, else /usr/local/cuda; the pip wheels' own
-/// `nvidia/*/include` folders lack headers that ProcessGroupNCCL.hpp needs). The NCCL part is
-/// first compiled on its own: if that fails, the build goes on with Gloo only and says why.
+/// The c10d shim of src/distributed, plus its NCCL part when the wheel has CUDA and the CUDA
+/// headers ProcessGroupNCCL.hpp needs are found (see `cuda` below). The NCCL part is first
+/// compiled on its own: if that fails, the build goes on with Gloo only and says why.
 fn distributed(libtorch: &std::path::Path) {
     for path in ["c10d_shim.cpp", "nccl_shim.cpp", "gloo_decls"] {
         println!("cargo:rerun-if-changed=src/distributed/{path}");
@@ -84,15 +83,25 @@ fn distributed(libtorch: &std::path::Path) {
         .define("USE_C10D_GLOO", None)
         .file("src/distributed/c10d_shim.cpp");
 
-    let cuda = env::var("CUDA_HOME").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/local/cuda"));
-    let nccl = [cuda.join("include"), libtorch.join("../nvidia/nccl/include")]
+    // The CUDA headers: CUDA_HOME's if set; else the venv's pip layout, the release torch was
+    // built with, where scripts/setup adds crt/ and nv/ beside the runtime's and cuSPARSE's
+    // headers; else a system toolkit in /usr/local/cuda.
+    let toolkit_dirs = env::var("CUDA_HOME")
+        .map(|h| PathBuf::from(h).join("include"))
         .into_iter()
+        .chain([libtorch.join("../nvidia/cu13/include"), PathBuf::from("/usr/local/cuda/include")]);
+    let cuda = toolkit_dirs
+        .into_iter()
+        .find(|d| ["crt/host_config.h", "nv/target", "cusparse.h"].iter().all(|f| d.join(f).exists()));
+    let nccl = cuda
+        .iter()
+        .cloned()
+        .chain([libtorch.join("../nvidia/nccl/include")])
         .find(|d| d.join("nccl.h").exists());
-    let toolkit = cuda.join("include/crt/host_config.h").exists() && cuda.join("include/nv/target").exists();
-    if let (true, true, Some(nccl)) = (libtorch.join("lib/libtorch_cuda.so").exists(), toolkit, nccl) {
+    if let (true, Some(cuda), Some(nccl)) = (libtorch.join("lib/libtorch_cuda.so").exists(), cuda, nccl) {
         let mut probe = base();
         probe
-            .include(cuda.join("include"))
+            .include(&cuda)
             .include(&nccl)
             .define("USE_C10D_NCCL", None)
             .file("src/distributed/nccl_shim.cpp")
@@ -100,11 +109,14 @@ fn distributed(libtorch: &std::path::Path) {
         match probe.try_compile("dit_nccl_probe") {
             Ok(()) => {
                 build
-                    .include(cuda.join("include"))
+                    .include(cuda)
                     .include(nccl)
                     .define("USE_C10D_NCCL", None)
                     .define("DIT_WITH_NCCL", None)
                     .file("src/distributed/nccl_shim.cpp");
+                // ProcessGroupNCCL is in libtorch_cuda (linked above); c10::cuda in libc10_cuda.
+                println!("cargo:rustc-link-search=native={}", libtorch.join("lib").display());
+                println!("cargo:rustc-link-lib=dylib=c10_cuda");
             }
             Err(e) => {
                 println!("cargo:warning=the NCCL backend is left out: nccl_shim.cpp does not compile: {e}")

@@ -14,6 +14,7 @@ fn bin_dir(dir: &Path) -> PathBuf {
     for (name, path) in [
         ("train", exe.clone()),
         ("sample", PathBuf::from(env!("CARGO_BIN_EXE_sample"))),
+        ("dist_smoke", PathBuf::from(env!("CARGO_BIN_EXE_dist_smoke"))),
         ("gpu_check", target.join("examples/gpu_check")),
     ] {
         assert!(path.is_file(), "{} is not built", path.display());
@@ -54,6 +55,9 @@ fn cpu_stand_in_runs_every_check_and_says_cuda_was_not_tested() {
     assert_eq!(count("INFO train: quick-start preset"), 1, "{text}");
     assert_eq!(count("INFO samples of the"), 2, "{text}");
     assert_eq!(count("PASS bf16 "), 4, "{text}");
+    assert_eq!(count("PASS data parallel: collectives on 2 process(es) (gloo)"), 1, "{text}");
+    assert_eq!(count("INFO data parallel: bench img "), 8, "{text}");
+    assert_eq!(count("PASS data parallel: quick-start preset, 2 × 32 images"), 1, "{text}");
     assert_eq!(count("FAIL"), 0, "{text}");
     assert!(text.trim_end().ends_with("RESULT: PASS (cpu)"), "{text}");
 }

@@ -7,7 +7,8 @@
 //! By default every rank checks the collectives (config check, exact all-reduce means,
 //! broadcast, barrier, DDP's Reducer against a plain all-reduce) and prints `rank R: ok ...`
 //! lines. `--loop` keeps all-reducing until a rank fails (tests kill one); `--bench` times
-//! the all-reduce of the DiT's gradients. tests/distributed.rs drives it.
+//! the all-reduce of the DiT's gradients. tests/distributed.rs drives it. `--device cuda` runs
+//! the same on `cuda:LOCAL_RANK` over NCCL (scripts/gpu_check runs it there).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -51,6 +52,9 @@ struct Args {
     /// With --bench, also time a forward + backward step of this many images per rank
     #[arg(long)]
     batch: Option<i64>,
+    /// Where the tensors live: cpu (Gloo) or cuda (cuda:LOCAL_RANK, NCCL)
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
 }
 
 fn main() -> ExitCode {
@@ -75,9 +79,10 @@ fn run(args: &Args) -> Result<()> {
         timeout: Duration::from_secs_f64(args.timeout),
         ..Options::default()
     };
-    let pg = ProcessGroup::new(&world, Backend::auto(Device::Cpu), Device::Cpu, options)?;
+    let device = if args.device == "cuda" { Device::Cuda(world.local_rank) } else { Device::Cpu };
+    let pg = ProcessGroup::new(&world, Backend::auto(device), device, options)?;
     let r = world.rank;
-    say(r, &format!("joined a group of {} ({})", world.world_size, pg.backend()));
+    say(r, &format!("joined a group of {} ({} on {device:?})", world.world_size, pg.backend()));
     if let Some(size) = args.bench {
         return bench(&pg, size, args.iters, args.batch);
     }
@@ -112,59 +117,66 @@ fn say(rank: usize, msg: &str) {
 }
 
 /// Values whose sums over the ranks are exact in float32 (small multiples of 1/4).
-fn ranked(rank: usize, shape: &[i64], kind: Kind) -> Tensor {
+fn ranked(rank: usize, shape: &[i64], kind: Kind, device: Device) -> Tensor {
     let n: i64 = shape.iter().product();
-    (Tensor::arange(n, (kind, Device::Cpu)) * 0.25 + (rank as f64 + 1.0)).reshape(shape)
+    (Tensor::arange(n, (kind, device)) * 0.25 + (rank as f64 + 1.0)).reshape(shape)
 }
 
 fn expected_mean(world: usize, shape: &[i64], kind: Kind) -> Tensor {
     let sum = (0..world)
-        .map(|r| ranked(r, shape, Kind::Double))
+        .map(|r| ranked(r, shape, Kind::Double, Device::Cpu))
         .fold(Tensor::zeros(shape, (Kind::Double, Device::Cpu)), |a, b| a + b);
     (sum / world as f64).to_kind(kind)
 }
 
 fn check_allreduce(pg: &ProcessGroup) -> Result<()> {
-    let (r, n) = (pg.rank(), pg.world_size());
+    let (r, n, dev) = (pg.rank(), pg.world_size(), pg.device());
     // Two dtypes, a non-contiguous view and a tensor larger than one bucket.
     let shapes: [(&[i64], Kind); 4] =
         [(&[3, 4], Kind::Float), (&[5], Kind::Double), (&[2, 3], Kind::Float), (&[7_000_000], Kind::Float)];
-    let ts: Vec<Tensor> = shapes.iter().map(|(s, k)| ranked(r, s, *k)).collect();
-    let transposed = ranked(r, &[4, 3], Kind::Float).tr();
+    let ts: Vec<Tensor> = shapes.iter().map(|(s, k)| ranked(r, s, *k, dev)).collect();
+    let transposed = ranked(r, &[4, 3], Kind::Float, dev).tr();
     let mut all: Vec<Tensor> = ts.iter().map(|t| t.shallow_clone()).collect();
     all.push(transposed.shallow_clone());
     pg.allreduce_mean(&all)?;
     let exact = n.is_power_of_two();
     for (t, (s, k)) in ts.iter().zip(shapes.iter()) {
         let want = expected_mean(n, s, *k);
-        let diff = (t - &want).abs().max().double_value(&[]);
+        let diff = (t.to_device(Device::Cpu) - &want).abs().max().double_value(&[]);
         ensure!(if exact { diff == 0.0 } else { diff < 1e-5 }, "all-reduce mean of {s:?} is off by {diff}");
     }
     let want_t = expected_mean(n, &[4, 3], Kind::Float).tr();
-    ensure!(transposed.equal(&want_t), "all-reduce mean of a transposed view is wrong");
-    let first: Vec<f64> = Vec::try_from(ts[0].flatten(0, -1).narrow(0, 0, 3).to_kind(Kind::Double))?;
+    ensure!(
+        transposed.to_device(Device::Cpu).equal(&want_t),
+        "all-reduce mean of a transposed view is wrong"
+    );
+    let first: Vec<f64> =
+        Vec::try_from(ts[0].flatten(0, -1).narrow(0, 0, 3).to_kind(Kind::Double).to_device(Device::Cpu))?;
     say(r, &format!("ok allreduce_mean {first:?}"));
 
-    let m = Tensor::from_slice(&[r as f32, -(r as f32)]);
+    let m = Tensor::from_slice(&[r as f32, -(r as f32)]).to_device(dev);
     pg.allreduce_max(&[m.shallow_clone()])?;
-    let got: Vec<f32> = Vec::try_from(&m)?;
+    let got: Vec<f32> = Vec::try_from(m.to_device(Device::Cpu))?;
     ensure!(got == [(n - 1) as f32, 0.0], "all-reduce max gave {got:?}");
     say(r, "ok allreduce_max");
     Ok(())
 }
 
 fn check_broadcast(pg: &ProcessGroup) -> Result<()> {
-    let (r, n) = (pg.rank(), pg.world_size());
+    let (r, n, dev) = (pg.rank(), pg.world_size(), pg.device());
     for root in [0, n - 1] {
-        let a = ranked(r, &[2, 5], Kind::Float);
-        let b = Tensor::full([3], r as i64, (Kind::Int64, Device::Cpu));
+        let a = ranked(r, &[2, 5], Kind::Float, dev);
+        let b = Tensor::full([3], r as i64, (Kind::Int64, dev));
         pg.broadcast(&[a.shallow_clone(), b.shallow_clone()], root)?;
-        ensure!(a.equal(&ranked(root, &[2, 5], Kind::Float)), "broadcast from {root}: float tensor differs");
         ensure!(
-            b.equal(&Tensor::full([3], root as i64, (Kind::Int64, Device::Cpu))),
+            a.equal(&ranked(root, &[2, 5], Kind::Float, dev)),
+            "broadcast from {root}: float tensor differs"
+        );
+        ensure!(
+            b.equal(&Tensor::full([3], root as i64, (Kind::Int64, dev))),
             "broadcast from {root}: ints differ"
         );
-        let v: Vec<i64> = Vec::try_from(&b)?;
+        let v: Vec<i64> = Vec::try_from(b.to_device(Device::Cpu))?;
         say(r, &format!("ok broadcast from {root} {v:?}"));
     }
     Ok(())
@@ -174,10 +186,10 @@ fn check_broadcast(pg: &ProcessGroup) -> Result<()> {
 /// averaged during backward) must give exactly the gradients of a plain all-reduce after
 /// backward, and keep the replicas identical.
 fn check_reducer(pg: &ProcessGroup) -> Result<()> {
-    let r = pg.rank();
+    let (r, dev) = (pg.rank(), pg.device());
     let build = || {
         tch::manual_seed(7);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(dev);
         let root = vs.root();
         let net = nn::seq()
             .add(nn::linear(&root / "a", 6, 16, Default::default()))
@@ -194,7 +206,7 @@ fn check_reducer(pg: &ProcessGroup) -> Result<()> {
     let mut opt_b = nn::Sgd::default().build(&vs_b, 0.1)?;
     for step in 0..4 {
         tch::manual_seed(100 + step * 10 + r as i64);
-        let x = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([8, 6], (Kind::Float, Device::Cpu)).to_device(dev);
         opt_a.zero_grad();
         opt_b.zero_grad();
         reducer.prepare(pg)?;
@@ -212,7 +224,7 @@ fn check_reducer(pg: &ProcessGroup) -> Result<()> {
     // The replicas must agree across ranks: compare a fingerprint of the weights.
     let bytes: Vec<u8> = params_a
         .iter()
-        .flat_map(|p| Vec::<f32>::try_from(p.flatten(0, -1)).unwrap())
+        .flat_map(|p| Vec::<f32>::try_from(p.flatten(0, -1).to_device(Device::Cpu)).unwrap())
         .flat_map(f32::to_le_bytes)
         .collect();
     pg.check_same("the Reducer-trained weights", &bytes)?;
@@ -222,7 +234,7 @@ fn check_reducer(pg: &ProcessGroup) -> Result<()> {
 
 fn spin(pg: &ProcessGroup, args: &Args) -> Result<()> {
     let r = pg.rank();
-    let t = Tensor::ones([1000], (Kind::Float, Device::Cpu));
+    let t = Tensor::ones([1000], (Kind::Float, pg.device()));
     for round in 1.. {
         pg.allreduce_mean(&[t.shallow_clone()]).with_context(|| format!("round {round}"))?;
         if round == 1 {
@@ -245,17 +257,26 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// alone and with DDP's Reducer). Rank 0 prints the medians in milliseconds.
 fn bench(pg: &ProcessGroup, img_size: i64, iters: usize, batch: Option<i64>) -> Result<()> {
     let cfg = ModelConfig { img_size, ..ModelConfig::default() };
+    let dev = pg.device();
+    // Host-side timing: a CUDA step is waited for (NCCL's waits block, see nccl_shim.cpp).
+    let sync = || {
+        if let Device::Cuda(i) = dev {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
     tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(dev);
     let model = dit::Dit::new(&vs.root(), &cfg);
     let params = vs.trainable_variables();
     let numel: i64 = params.iter().map(|p| p.numel() as i64).sum();
     let grads: Vec<Tensor> = params.iter().map(|p| p.randn_like()).collect();
     let mut times = Vec::new();
     for i in 0..iters + 3 {
+        sync();
         pg.barrier()?;
         let t0 = Instant::now();
         pg.allreduce_mean(&grads)?;
+        sync();
         if i >= 3 {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -276,9 +297,9 @@ fn bench(pg: &ProcessGroup, img_size: i64, iters: usize, batch: Option<i64>) -> 
     };
     report("allreduce_mean of the gradients", &times);
     let Some(b) = batch else { return Ok(()) };
-    let x = Tensor::randn([b, cfg.channel, img_size, img_size], (Kind::Float, Device::Cpu));
-    let y = Tensor::zeros([b], (Kind::Int64, Device::Cpu));
-    let t = Tensor::full([b], 500, (Kind::Int64, Device::Cpu));
+    let x = Tensor::randn([b, cfg.channel, img_size, img_size], (Kind::Float, dev));
+    let y = Tensor::zeros([b], (Kind::Int64, dev));
+    let t = Tensor::full([b], 500, (Kind::Int64, dev));
     let step = |reducer: Option<&mut GradReducer>, reduce_after: bool| -> Result<f64> {
         vs.trainable_variables().iter().for_each(|p| {
             let mut g = p.grad();
@@ -286,6 +307,7 @@ fn bench(pg: &ProcessGroup, img_size: i64, iters: usize, batch: Option<i64>) -> 
                 let _ = g.zero_();
             }
         });
+        sync();
         pg.barrier()?;
         let t0 = Instant::now();
         if let Some(r) = reducer {
@@ -301,6 +323,7 @@ fn bench(pg: &ProcessGroup, img_size: i64, iters: usize, batch: Option<i64>) -> 
             let g: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
             pg.allreduce_mean(&g)?;
         }
+        sync();
         Ok(t0.elapsed().as_secs_f64() * 1e3)
     };
     let runs = iters.clamp(3, 10);

@@ -35,8 +35,21 @@ impl Backend {
         Ok(backend)
     }
 
-    /// Whether this backend can reduce tensors that live on `device`.
+    /// Whether this build of dit has the backend: Gloo always; NCCL where build.rs found the
+    /// CUDA and NCCL headers (scripts/setup installs them into the venv).
+    pub fn compiled(self) -> bool {
+        match self {
+            Backend::Gloo => true,
+            // SAFETY: a constant-returning function of the shim, no arguments.
+            Backend::Nccl => (unsafe { super::ffi::dit_nccl_compiled() }) != 0,
+        }
+    }
+
+    /// Whether this build has the backend and it can reduce tensors that live on `device`.
     pub fn check(self, device: Device) -> Result<()> {
+        if !self.compiled() {
+            bail!("the {self} backend is not in this build of dit: build.rs found no CUDA/NCCL headers (run scripts/setup, or set CUDA_HOME to a CUDA toolkit, and rebuild)")
+        }
         match (self, device) {
             (Backend::Gloo, Device::Cpu) | (Backend::Nccl, Device::Cuda(_)) => Ok(()),
             (Backend::Nccl, _) => {
@@ -85,7 +98,20 @@ mod tests {
     fn auto_follows_the_device() {
         assert_eq!(Backend::resolve("auto", Device::Cpu).unwrap(), Backend::Gloo);
         assert_eq!(Backend::auto(Device::Cuda(0)), Backend::Nccl);
-        assert_eq!(Backend::resolve("NCCL", Device::Cuda(1)).unwrap(), Backend::Nccl);
+        assert_eq!("NCCL".parse::<Backend>().unwrap(), Backend::Nccl);
+    }
+
+    /// scripts/setup installs the CUDA headers beside a CUDA wheel, so a build against one must
+    /// carry the NCCL backend; a CPU-only libtorch builds without it and says so in one line.
+    #[test]
+    fn nccl_is_compiled_in_exactly_when_libtorch_has_cuda() {
+        let libtorch =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".libtorch/lib/libtorch_cuda.so");
+        assert_eq!(Backend::Nccl.compiled(), libtorch.exists());
+        match Backend::resolve("nccl", Device::Cuda(0)) {
+            Ok(b) => assert_eq!(b, Backend::Nccl),
+            Err(e) => assert!(!Backend::Nccl.compiled() && !e.to_string().contains('\n'), "{e}"),
+        }
     }
 
     #[test]

@@ -189,6 +189,15 @@ extern "C" int dit_store_set(DitStore* s, const char* key, const uint8_t* data, 
 
 extern "C" void dit_store_free(DitStore* s) { delete s; }
 
+// 1 when nccl_shim.cpp was compiled in (build.rs found the CUDA and NCCL headers), else 0.
+extern "C" int dit_nccl_compiled() {
+#ifdef DIT_WITH_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // The process group.
 

@@ -54,6 +54,7 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     pub fn dit_store_free(s: *mut DitStore);
+    pub fn dit_nccl_compiled() -> c_int;
 
     #[allow(clippy::too_many_arguments)]
     pub fn dit_pg_new(
