@@ -6,6 +6,7 @@ use tch::{Kind, Tensor};
 
 use super::compute::Compute;
 use super::dit_block::{cast, linear, MODULATION};
+use super::init;
 use super::{DiTBlock, TimeEmbedding};
 use crate::config::{ModelConfig, RuntimeConfig};
 
@@ -32,12 +33,12 @@ impl Dit {
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Self {
         let (c, p, e) = (cfg.channel, cfg.patch_size, cfg.emb_size);
         let patch_dim = c * p * p;
-        let conv_cfg = nn::ConvConfig { stride: p, ..Default::default() };
         let time_emb = vs / "time_emb";
         let blocks = vs / "model_list";
         Self {
-            conv: nn::conv2d(vs / "conv", c, patch_dim, p, conv_cfg),
-            patch_emb: nn::linear(vs / "patch_emb", patch_dim, e, Default::default()),
+            // Created in the original's order, which is the order of the random draws.
+            conv: init::patchify_conv(vs / "conv", c, patch_dim, p),
+            patch_emb: init::linear(vs / "patch_emb", patch_dim, e),
             // torch.rand: uniform in [0, 1), as the original initialises it.
             position_emb: vs.var(
                 "position_emb",
@@ -45,12 +46,12 @@ impl Dit {
                 nn::Init::Uniform { lo: 0.0, up: 1.0 },
             ),
             time_emb: TimeEmbedding::new(&time_emb / 0, e),
-            time_emb_1: nn::linear(&time_emb / 1, e, e, Default::default()),
-            time_emb_3: nn::linear(&time_emb / 3, e, e, Default::default()),
+            time_emb_1: init::linear(&time_emb / 1, e, e),
+            time_emb_3: init::linear(&time_emb / 3, e, e),
             label_emb: nn::embedding(vs / "label_emb", cfg.label_rows(), e, Default::default()),
             model_list: (0..cfg.dit_num).map(|i| DiTBlock::new(&blocks / i, cfg)).collect(),
             ln: nn::layer_norm(vs / "ln", vec![e], Default::default()),
-            linear: nn::linear(vs / "linear", e, patch_dim, Default::default()),
+            linear: init::linear(vs / "linear", e, patch_dim),
             cfg: cfg.clone(),
             device: vs.device(),
             compute: Compute::resolve(&RuntimeConfig::default(), vs.device(), cfg.tokens()),

@@ -31,17 +31,18 @@ impl DiTBlock {
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
         let e = cfg.emb_size;
         let he = cfg.head * e;
-        let linear = |name: &str, i: i64, o: i64| nn::linear(&vs / name, i, o, Default::default());
+        let linear = |name: &str, i: i64, o: i64| super::init::linear(&vs / name, i, o);
         let modulation = MODULATION.map(|name| linear(name, e, e));
         let ff = &vs / "feed_forward";
+        // Created in the original's order, which is the order of the random draws.
         Self {
             modulation,
             ln_1: nn::layer_norm(&vs / "ln_1", vec![e], Default::default()),
-            ln_2: nn::layer_norm(&vs / "ln_2", vec![e], Default::default()),
             qkv: ["q_emb", "k_emb", "v_emb"].map(|name| linear(name, e, he)),
-            feed_forward_0: nn::linear(&ff / 0, e, 4 * e, Default::default()),
-            feed_forward_2: nn::linear(&ff / 2, 4 * e, e, Default::default()),
             linear_back: linear("linear_back", he, e),
+            ln_2: nn::layer_norm(&vs / "ln_2", vec![e], Default::default()),
+            feed_forward_0: super::init::linear(&ff / 0, e, 4 * e),
+            feed_forward_2: super::init::linear(&ff / 2, 4 * e, e),
             head: cfg.head,
         }
     }

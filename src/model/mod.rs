@@ -6,6 +6,7 @@ pub mod compute;
 mod dit;
 mod dit_block;
 mod graph;
+mod init;
 pub mod time_embedding;
 
 pub use compute::{Compute, Kernel};

@@ -20,8 +20,8 @@ impl TimeEmbedding {
     pub fn new(vs: nn::Path, emb_size: i64) -> Self {
         let mlp = &vs / "mlp";
         Self {
-            mlp_0: nn::linear(&mlp / 0, TIME_FEATURES, emb_size, Default::default()),
-            mlp_2: nn::linear(&mlp / 2, emb_size, emb_size, Default::default()),
+            mlp_0: super::init::linear(&mlp / 0, TIME_FEATURES, emb_size),
+            mlp_2: super::init::linear(&mlp / 2, emb_size, emb_size),
         }
     }
 
