@@ -42,10 +42,10 @@ pub struct TrainConfig {
     /// Probability of replacing a label by the "no label" row during training (classifier-free
     /// guidance, Ho & Salimans 2022); 0 keeps the original's behaviour and parameter shapes.
     pub cfg_dropout: f64,
-    /// How a fresh run initialises the label table when it has more than one row: `shared`
-    /// draws it as PyTorch does and then gives every row row 0's values, so the classes start
-    /// from the one-class model and grow apart by training; `independent` keeps PyTorch's
-    /// independent N(0, 1) rows. Identical for one row (the original's `label_num = 1`).
+    /// How a fresh run initialises the label table when it has more than one row:
+    /// `independent` keeps PyTorch's independent N(0, 1) rows (the original's); `shared` draws
+    /// them alike and then gives every row row 0's values, so the classes start from the
+    /// one-class model and grow apart by training. Identical for one row (`label_num = 1`).
     pub label_init: LabelInit,
     /// On a non-finite loss or gradient: false stops the run (the last checkpoint stays as it
     /// was), true skips that step with a warning and goes on.
@@ -90,12 +90,12 @@ pub enum LrSchedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelInit {
-    /// Every row starts as row 0. Measured on `builtin:pandas2` (configs/pandas2.json): the
-    /// loss leaves the 0.7 plateau at about step 800, where independent rows stay on it for the
-    /// whole 3520-step budget.
-    #[default]
+    /// Every row starts as row 0. Introduced when independent rows kept two-class training on
+    /// a 0.7 loss plateau; that plateau came from tch's initialisation of the linears, and with
+    /// PyTorch's (src/model/init.rs) both choices train (README, "Why `train.label_init`").
     Shared,
     /// PyTorch's `nn.Embedding` initialisation: independent N(0, 1) rows.
+    #[default]
     Independent,
 }
 
@@ -160,7 +160,7 @@ impl Default for TrainConfig {
             histogram_every: 100,
             cache_images: true,
             cfg_dropout: 0.0,
-            label_init: LabelInit::Shared,
+            label_init: LabelInit::Independent,
             skip_nonfinite: false,
             preview: PreviewConfig::default(),
             eval: EvalConfig::default(),
