@@ -161,7 +161,7 @@ fn collectives_under_torchrun() {
     assert!(status.success(), "{out}");
     for r in 0..2 {
         for line in [
-            "joined a group of 2 (gloo)",
+            "joined a group of 2 (gloo on Cpu)",
             "ok check_same",
             // (1 + 2) / 2, (1.25 + 2.25) / 2, ...: float sums that are exact.
             "ok allreduce_mean [1.5, 1.75, 2.0]",
