@@ -17,10 +17,10 @@ use tch::{Device, Kind, Tensor};
 fn one_training_step_matches_the_reference_step() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // 64 tokens, two blocks, naive attention (the reference's); the initial gradient norm is
-    // above 1, so clipping scales every gradient.
+    // 64 tokens, two blocks, naive attention (the reference's); the initial gradient norm
+    // (about 0.27) is above the clip of 0.1, so clipping scales every gradient.
     let overrides = r#"{"model": {"img_size": 32, "dit_num": 2, "head": 3, "emb_size": 32},
-        "diffusion": {"max_t": 1000}, "train": {"lr": 0.002, "grad_clip": 1.0, "ema_decay": 0.995},
+        "diffusion": {"max_t": 1000}, "train": {"lr": 0.002, "grad_clip": 0.1, "ema_decay": 0.995},
         "runtime": {"attention": "naive"}}"#;
     let cfg_path = write_tiny_config(d, "step.json", &[overrides]);
     let cfg = Config::load(&cfg_path).unwrap();
@@ -66,7 +66,7 @@ fn one_training_step_matches_the_reference_step() {
     let py_loss = py["loss"].double_value(&[0]);
     assert!((loss - py_loss).abs() <= 1e-6 * py_loss, "loss {loss} against {py_loss}");
     let norm = step.grad_norm.double_value(&[]);
-    assert!(norm > 1.0, "the test needs clipping to act; gradient norm {norm}");
+    assert!(norm > 0.1, "the test needs clipping to act; gradient norm {norm}");
     for (name, g) in tr.named_grads() {
         let want = &py[&format!("grad.{name}")];
         if name.ends_with("k_emb.bias") {
