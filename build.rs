@@ -41,20 +41,26 @@ fn main() {
         println!("cargo:rustc-env=DIT_PHOTOS={}", dir.display());
     }
 
-    cc::Build::new()
-        .cpp(true)
+    cpp(&libtorch)
+        .file("src/checkpoint/pth/writer.cpp")
+        .file("src/torch_flags.cpp")
+        .compile("dit_pth_writer");
+
+    distributed(&libtorch);
+}
+
+/// A C++17 build against libtorch's headers, with the ABI and glog settings of the wheel.
+fn cpp(libtorch: &std::path::Path) -> cc::Build {
+    let mut b = cc::Build::new();
+    b.cpp(true)
         .pic(true)
         .warnings(false)
         .include(libtorch.join("include"))
         .include(libtorch.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("src/checkpoint/pth/writer.cpp")
-        .file("src/torch_flags.cpp")
-        .compile("dit_pth_writer");
-
-    distributed(&libtorch);
+        .flag("-DGLOG_USE_GLOG_EXPORT");
+    b
 }
 
 /// The c10d shim of src/distributed, plus its NCCL part when the wheel has CUDA and the CUDA
@@ -65,19 +71,7 @@ fn distributed(libtorch: &std::path::Path) {
         println!("cargo:rerun-if-changed=src/distributed/{path}");
     }
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    let base = || {
-        let mut b = cc::Build::new();
-        b.cpp(true)
-            .pic(true)
-            .warnings(false)
-            .include(libtorch.join("include"))
-            .include(libtorch.join("include/torch/csrc/api/include"))
-            .flag("-std=c++17")
-            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-            .flag("-DGLOG_USE_GLOG_EXPORT");
-        b
-    };
-    let mut build = base();
+    let mut build = cpp(libtorch);
     build
         .include("src/distributed/gloo_decls")
         .define("USE_C10D_GLOO", None)
@@ -99,7 +93,7 @@ fn distributed(libtorch: &std::path::Path) {
         .chain([libtorch.join("../nvidia/nccl/include")])
         .find(|d| d.join("nccl.h").exists());
     if let (true, Some(cuda), Some(nccl)) = (libtorch.join("lib/libtorch_cuda.so").exists(), cuda, nccl) {
-        let mut probe = base();
+        let mut probe = cpp(libtorch);
         probe
             .include(&cuda)
             .include(&nccl)
