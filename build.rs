@@ -10,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=src/checkpoint/pth/writer.cpp");
     println!("cargo:rerun-if-changed=src/torch_flags.cpp");
+    println!("cargo:rerun-if-changed=src/ffi_guard.h");
     let libtorch = env::var("LIBTORCH").unwrap_or_else(|_| {
         panic!("LIBTORCH is not set: run scripts/setup (it links the venv's torch as .libtorch)")
     });
@@ -57,6 +58,7 @@ fn cpp(libtorch: &std::path::Path) -> cc::Build {
         .warnings(false)
         .include(libtorch.join("include"))
         .include(libtorch.join("include/torch/csrc/api/include"))
+        .include("src")
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT");

@@ -49,16 +49,7 @@ fn setup(config: &str) -> Result<Trainer> {
         cfg.runtime.precision = <dit::config::Precision as clap::ValueEnum>::from_str(&p, true)
             .map_err(|e| anyhow::anyhow!("BENCH_PRECISION={p}: {e}"))?;
     }
-    let meta = TrainMeta {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        world_size: 1,
-        seed: 0,
-        classes: vec![],
-        config: cfg,
-    };
-    Ok(Trainer::new(meta, device()?, PathBuf::from("unused.ot")))
+    Ok(Trainer::new(TrainMeta::fresh(0, vec![], cfg), device()?, PathBuf::from("unused.ot")))
 }
 
 /// One step of the trainer, exactly as `train` runs it: draws, forward, backward, clipping,

@@ -94,6 +94,10 @@ pub struct TrainOverrides {
     /// Learning rate (train.lr)
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Steps over which the learning-rate schedule runs its course, fixed for the run
+    /// [default: train.epoch × steps per epoch at the run's first start] (train.schedule_steps)
+    #[arg(long)]
+    pub schedule_steps: Option<i64>,
     /// Seed of every random draw; the same seed gives the same weights on the CPU (train.seed)
     #[arg(long)]
     pub seed: Option<u64>,
@@ -136,6 +140,7 @@ impl TrainOverrides {
         set(&mut t.epoch, &self.epochs);
         set(&mut t.batch_size, &self.batch_size);
         set(&mut t.lr, &self.lr);
+        set(&mut t.schedule_steps, &self.schedule_steps.map(Some));
         set(&mut t.seed, &self.seed.map(Some));
         set(&mut t.model_save_path, &self.checkpoint);
         set(&mut t.logdir, &self.logdir);

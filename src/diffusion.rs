@@ -96,13 +96,14 @@ impl Schedule {
     ///    does); 1 − ᾱ_prev − σ² is floored at 0 so that η > 1 cannot produce NaNs.
     /// 4. x_prev is clamped to [−1, 1], as the original's DDPM clamps x after every step.
     ///
-    /// Step 4 departs from Song et al. (a noisy x_t legitimately leaves [−1, 1]) on purpose:
-    /// measured on the quick-start model (256 samples against `builtin:pandas`, sliced
-    /// Wasserstein distance × 10³, BENCHMARKS.md), DDIM-50 scores 113.8 without it and 96.8
-    /// with it at η = 0, and 70.9 with it at η = 1 (91.0 without), against 67.0 for the
-    /// original's DDPM-1000; so with η = 1 this step is the original's clamped ancestral step
-    /// on a shorter schedule. Re-deriving ε̂ from the clamped x̂0 and other step spacings
-    /// measured no better than 2% apart.
+    /// Step 4 departs from Song et al. (a noisy x_t legitimately leaves [−1, 1]) on purpose,
+    /// chosen by measurement (256 samples against `builtin:pandas`, sliced Wasserstein
+    /// distance × 10³, BENCHMARKS.md "Sample quality against sampling cost"): on the earlier
+    /// quick-start checkpoint DDIM-50 scored 113.8 without it and about 95 with it at η = 0,
+    /// 71.0 with it at η = 1 and about 89 without; on today's checkpoint, clamped DDIM-50 at
+    /// η = 1 scores 39.5 against 41.7 for the original's DDPM-1000. With η = 1 this step is
+    /// the original's clamped ancestral step on a shorter schedule. Re-deriving ε̂ from the
+    /// clamped x̂0 and other step spacings measured no better than 2% apart.
     pub fn ddim_step(&self, x: &Tensor, eps: &Tensor, t: i64, t_prev: Option<i64>, eta: f64) -> Tensor {
         let alpha_bar = self.alphas_cumprod.get(t);
         let alpha_bar_prev = match t_prev {

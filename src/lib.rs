@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod diffusion;
 pub mod distributed;
+pub mod ffi;
 pub mod fs;
 pub mod generate;
 pub mod model;

@@ -4,11 +4,24 @@
 
 use std::fmt;
 
+use std::ffi::c_char;
+
+use anyhow::{anyhow, Result};
+
+use crate::ffi::call;
+
 extern "C" {
-    fn dit_set_sdp_backends(flash: i32, mem_efficient: i32, cudnn: i32, math: i32);
-    fn dit_sdp_backends() -> i32;
-    fn dit_set_tf32(allow: i32);
-    fn dit_tf32() -> i32;
+    fn dit_set_sdp_backends(
+        flash: i32,
+        mem_efficient: i32,
+        cudnn: i32,
+        math: i32,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
+    fn dit_sdp_backends(out: *mut i32, err: *mut c_char, len: usize) -> i32;
+    fn dit_set_tf32(allow: i32, err: *mut c_char, len: usize) -> i32;
+    fn dit_tf32(out: *mut i32, err: *mut c_char, len: usize) -> i32;
 }
 
 /// The backends of libtorch's fused attention (`at::SDPBackend`, in its numbering).
@@ -56,37 +69,37 @@ impl fmt::Display for SdpBackend {
 }
 
 /// Lets `scaled_dot_product_attention` choose only among `allowed`.
-pub fn set_sdp_backends(allowed: &[SdpBackend]) {
+pub fn set_sdp_backends(allowed: &[SdpBackend]) -> Result<()> {
     let on = |b: SdpBackend| i32::from(allowed.contains(&b));
+    let (flash, efficient, cudnn, math) =
+        (on(SdpBackend::Flash), on(SdpBackend::Efficient), on(SdpBackend::Cudnn), on(SdpBackend::Math));
     // SAFETY: plain setters on libtorch's global context.
-    unsafe {
-        dit_set_sdp_backends(
-            on(SdpBackend::Flash),
-            on(SdpBackend::Efficient),
-            on(SdpBackend::Cudnn),
-            on(SdpBackend::Math),
-        )
-    }
+    call(|err, len| unsafe { dit_set_sdp_backends(flash, efficient, cudnn, math, err, len) })
+        .map_err(|e| anyhow!("setting the attention backends: {e}"))
 }
 
 /// The backends `scaled_dot_product_attention` may choose among now.
-pub fn sdp_backends() -> Vec<SdpBackend> {
-    // SAFETY: a plain getter on libtorch's global context.
-    let bits = unsafe { dit_sdp_backends() };
-    SdpBackend::ALL.into_iter().filter(|b| bits & b.bit() != 0).collect()
+pub fn sdp_backends() -> Result<Vec<SdpBackend>> {
+    let mut bits = 0;
+    // SAFETY: a plain getter on libtorch's global context, writing one int.
+    call(|err, len| unsafe { dit_sdp_backends(&mut bits, err, len) })
+        .map_err(|e| anyhow!("reading the attention backends: {e}"))?;
+    Ok(SdpBackend::ALL.into_iter().filter(|b| bits & b.bit() != 0).collect())
 }
 
 /// Allows (or forbids) TF32 rounding in float32 matrix products and convolutions on CUDA.
-pub fn set_tf32(allow: bool) {
+pub fn set_tf32(allow: bool) -> Result<()> {
     // SAFETY: plain setters on libtorch's global context.
-    unsafe { dit_set_tf32(i32::from(allow)) }
+    call(|err, len| unsafe { dit_set_tf32(i32::from(allow), err, len) })
+        .map_err(|e| anyhow!("setting TF32: {e}"))
 }
 
 /// Whether TF32 is allowed for (cuBLAS products, cuDNN convolutions).
-pub fn tf32() -> (bool, bool) {
-    // SAFETY: a plain getter on libtorch's global context.
-    let bits = unsafe { dit_tf32() };
-    (bits & 1 != 0, bits & 2 != 0)
+pub fn tf32() -> Result<(bool, bool)> {
+    let mut bits = 0;
+    // SAFETY: a plain getter on libtorch's global context, writing one int.
+    call(|err, len| unsafe { dit_tf32(&mut bits, err, len) }).map_err(|e| anyhow!("reading TF32: {e}"))?;
+    Ok((bits & 1 != 0, bits & 2 != 0))
 }
 
 #[cfg(test)]
@@ -95,13 +108,13 @@ mod tests {
 
     #[test]
     fn backend_switches_round_trip() {
-        let before = sdp_backends();
-        set_sdp_backends(&[SdpBackend::Math]);
-        assert_eq!(sdp_backends(), [SdpBackend::Math]);
-        set_sdp_backends(&[SdpBackend::Flash, SdpBackend::Efficient]);
-        assert_eq!(sdp_backends(), [SdpBackend::Flash, SdpBackend::Efficient]);
-        set_sdp_backends(&before);
-        set_tf32(false);
-        assert_eq!(tf32(), (false, false));
+        let before = sdp_backends().unwrap();
+        set_sdp_backends(&[SdpBackend::Math]).unwrap();
+        assert_eq!(sdp_backends().unwrap(), [SdpBackend::Math]);
+        set_sdp_backends(&[SdpBackend::Flash, SdpBackend::Efficient]).unwrap();
+        assert_eq!(sdp_backends().unwrap(), [SdpBackend::Flash, SdpBackend::Efficient]);
+        set_sdp_backends(&before).unwrap();
+        set_tf32(false).unwrap();
+        assert_eq!(tf32().unwrap(), (false, false));
     }
 }

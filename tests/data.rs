@@ -554,7 +554,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[test]
 fn builtin_images_are_the_same_as_before_the_data_module_was_split() {
-    // Printed by the code before src/data.rs became src/data/: the built-in images, and so the
+    // Printed by the code before the data module became a folder of files: the built-in images, and so the
     // quick start's training, must not change by a single byte.
     let mut both = Vec::new();
     for i in 0..8 {

@@ -83,7 +83,7 @@ fn rust_weights_load_in_pytorch_strictly_from_every_format() {
 }
 
 #[test]
-fn convert_lists_every_mismatch_on_one_line() {
+fn convert_names_each_kind_of_mismatch_on_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let small = write_config(d, SMALL);
@@ -96,11 +96,8 @@ fn convert_lists_every_mismatch_on_one_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("unexpected: ") && err.contains("model_list.1.ln_1.weight"), "{err}");
-    assert!(
-        err.contains("mis-shaped: ") && err.contains("position_emb (file [1, 16, 16], model [1, 16, 24])"),
-        "{err}"
-    );
+    assert!(err.contains(" unexpected (model_list.1."), "{err}");
+    assert!(err.contains(" mis-shaped (") && err.contains(" (file [16], model [24])"), "{err}");
     assert!(!d.join("x.ot").exists(), "nothing is written on a mismatch");
 
     let mut bigger = Config::from_json(&format!(r#"{{"model": {SMALL}}}"#)).unwrap();
@@ -108,7 +105,7 @@ fn convert_lists_every_mismatch_on_one_line() {
     std::fs::write(&other, bigger.to_json()).unwrap();
     let out = convert(&[p(&pth), p(&d.join("x.ot")), "--config", p(&other)]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing: ") && err.contains("model_list.2.q_emb.weight"), "{err}");
+    assert!(err.contains(" missing (model_list.2.") && err.contains(" more)"), "{err}");
 }
 
 #[test]

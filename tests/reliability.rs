@@ -324,3 +324,60 @@ fn running_out_of_memory_is_one_line_naming_the_batch_size_and_saves_nothing() {
     assert!(err.contains("nothing was saved"), "{err}");
     assert!(!d.join("w.ot").exists() && !d.join("w.ot.state.safetensors").exists());
 }
+
+/// Offsets of the "uncompressed size" field of every zip header (local file headers and the
+/// central directory) in `bytes`.
+fn zip_size_fields(bytes: &[u8]) -> Vec<usize> {
+    let mut fields = vec![];
+    for at in 0..bytes.len().saturating_sub(30) {
+        match &bytes[at..at + 4] {
+            b"PK\x03\x04" => fields.push(at + 22),
+            b"PK\x01\x02" => fields.push(at + 24),
+            _ => {}
+        }
+    }
+    fields
+}
+
+#[test]
+fn damaged_pth_archives_are_errors_not_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.pth");
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _model = dit::Dit::new(&vs.root(), &tiny(&[]).model);
+    dit::checkpoint::write_tensors(&good, &dit::checkpoint::named_variables(&vs)).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    assert!(dit::checkpoint::read_tensors(&good).is_ok());
+    let bad = dir.path().join("bad.pth");
+    let read = |damaged: &[u8], what: &str| {
+        std::fs::write(&bad, damaged).unwrap();
+        let result = std::panic::catch_unwind(|| dit::checkpoint::read_tensors(&bad).map(|t| t.len()));
+        result.unwrap_or_else(|_| panic!("{what}: reading panicked"))
+    };
+    // Every record declaring an absurd size, one at a time: an error naming the record.
+    let fields = zip_size_fields(&bytes);
+    assert!(fields.len() >= 4, "found {} zip headers", fields.len());
+    for &at in &fields {
+        let mut damaged = bytes.clone();
+        damaged[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        let err = read(&damaged, &format!("size field at {at}")).map(|_| ()).err();
+        if let Some(err) = err {
+            assert!(!format!("{err:#}").contains('\n'), "{err:#}");
+        }
+    }
+    // Random damage: 1 to 8 bytes overwritten anywhere, or a size field set to a random value.
+    let mut rng = SplitMix64(7);
+    for round in 0..1500 {
+        let mut damaged = bytes.clone();
+        if round % 3 == 0 {
+            let at = fields[rng.below(fields.len())];
+            damaged[at..at + 4].copy_from_slice(&(rng.next_u64() as u32).to_le_bytes());
+        } else {
+            for _ in 0..=rng.below(8) {
+                let at = rng.below(damaged.len());
+                damaged[at] = rng.next_u64() as u8;
+            }
+        }
+        let _ = read(&damaged, &format!("round {round}"));
+    }
+}

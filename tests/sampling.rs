@@ -309,11 +309,7 @@ fn sample_binary_uses_ema_weights_and_class_names_of_a_training_state() {
     let meta = TrainMeta {
         step: 12,
         epoch: 1,
-        batch_in_epoch: 0,
-        world_size: 1,
-        seed: 0,
-        classes: vec!["panda".into(), "bamboo".into()],
-        config: tiny_config(),
+        ..TrainMeta::fresh(0, vec!["panda".into(), "bamboo".into()], tiny_config())
     };
     let path = d.join("run.ot.state.safetensors");
     state::save(&path, &meta, &[("model", &named(&model_weights)), ("ema", &named(&ema_weights))]).unwrap();

@@ -24,15 +24,7 @@ fn one_training_step_matches_the_reference_step() {
         "runtime": {"attention": "naive"}}"#;
     let cfg_path = write_tiny_config(d, "step.json", &[overrides]);
     let cfg = Config::load(&cfg_path).unwrap();
-    let meta = TrainMeta {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        world_size: 1,
-        seed: 4,
-        classes: vec![],
-        config: cfg,
-    };
+    let meta = TrainMeta::fresh(4, vec![], cfg);
     let mut tr = Trainer::new(meta, Device::Cpu, PathBuf::from("unused.ot"));
     let weights = d.join("w.safetensors");
     dit::checkpoint::write_tensors(&weights, &tr.named_params()).unwrap();

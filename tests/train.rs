@@ -76,6 +76,109 @@ fn restart_continues_bit_for_bit() {
     assert_identical(&d.join("one/w.safetensors"), &d.join("two/w.safetensors"));
 }
 
+/// Every group of two state files (raw weights, EMA, Adam's moments) and their counters are
+/// identical.
+fn assert_same_state(a: &Path, b: &Path) {
+    let (a, b) = (dit::checkpoint::state::load(a).unwrap(), dit::checkpoint::state::load(b).unwrap());
+    let counters = |m: &dit::checkpoint::state::TrainMeta| (m.step, m.epoch, m.batch_in_epoch, m.adam_step);
+    assert_eq!(counters(&a.meta), counters(&b.meta));
+    for g in dit::checkpoint::state::GROUPS {
+        for (name, t) in a.group(g).unwrap() {
+            assert!(t.equal(&b.group(g).unwrap()[name]), "{g}.{name} differs");
+        }
+    }
+}
+
+/// 3 epochs of 4 steps (16 images, batch 4) under the cosine schedule with 2 warm-up steps,
+/// no previews: every step's learning rate depends on the schedule's horizon.
+fn train_folder(d: &Path, checkpoint: &str, extra: &[&str]) -> Output {
+    let common = ["--data", "imgs", "--batch-size", "4", "--preview-every", "0", "--checkpoint", checkpoint];
+    let logdir = format!("{checkpoint}.logs");
+    train(d, &[&common[..], &["--logdir", &logdir], extra].concat())
+}
+
+#[test]
+fn restarts_anywhere_follow_one_schedule_whatever_max_steps_and_epochs_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    panda_folder(d);
+    train_folder(d, "one/w.safetensors", &["--epochs", "3"]);
+    // Stopped inside the warm-up, then in the cosine while asking for 2 epochs, then resumed
+    // to the end with 3: the horizon stays the 12 steps of the run's first start.
+    train_folder(d, "two/w.safetensors", &["--epochs", "3", "--max-steps", "1"]);
+    let second = train_folder(d, "two/w.safetensors", &["--epochs", "2", "--max-steps", "6"]);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.contains("keeps its horizon of 12 steps"), "{stdout}");
+    let last = train_folder(d, "two/w.safetensors", &["--epochs", "3"]);
+    assert!(String::from_utf8_lossy(&last.stdout).contains("finished 3 epochs"));
+    assert_identical(&d.join("one/w.safetensors"), &d.join("two/w.safetensors"));
+    let state = |run: &str| d.join(format!("{run}/w.safetensors.state.safetensors"));
+    assert_same_state(&state("one"), &state("two"));
+    let meta = dit::checkpoint::state::load(&state("two")).unwrap().meta;
+    assert_eq!((meta.step, meta.schedule_steps, meta.adam_step), (12, Some(12), Some(12)));
+
+    // A horizon set on resume moves the schedule from there on, and says so.
+    train_folder(d, "three/w.safetensors", &["--epochs", "3", "--max-steps", "6"]);
+    let moved = train_folder(d, "three/w.safetensors", &["--epochs", "3", "--schedule-steps", "30"]);
+    assert!(String::from_utf8_lossy(&moved.stdout).contains("moves from 12 to 30 steps"));
+    let w = |run: &str| weights(&d.join(format!("{run}/w.safetensors")));
+    let differs = w("one").iter().zip(&w("three")).any(|((_, a), (_, b))| !a.equal(b));
+    assert!(differs, "a longer horizon keeps the learning rate higher over steps 6..12");
+}
+
+/// Writes `n` of the built-in pandas as 16×16 PNGs into `dir/imgs/<class>/`, named from `first`.
+fn class_folder(dir: &Path, class: &str, first: usize, n: usize) {
+    let folder = dir.join("imgs").join(class);
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in first..first + n {
+        let px = dit::data::render_panda(i, 16);
+        image::RgbImage::from_raw(16, 16, px).unwrap().save(folder.join(format!("{i:02}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn resuming_on_other_classes_is_refused_unless_declared_and_a_grown_class_restarts_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.json"), tiny_config(&[TRAIN, r#"{"model": {"label_num": 3}}"#])).unwrap();
+    class_folder(d, "cat", 0, 8);
+    class_folder(d, "dog", 8, 8);
+    let args =
+        ["--data", "imgs", "--batch-size", "4", "--preview-every", "0", "--checkpoint", "w.safetensors"];
+    train(d, &[&args[..], &["--max-steps", "1"]].concat());
+    let state = d.join("w.safetensors.state.safetensors");
+    let before = (std::fs::read(&state).unwrap(), std::fs::read(d.join("w.safetensors")).unwrap());
+
+    class_folder(d, "ant", 16, 4);
+    let cfg = d.join("tiny.json");
+    let common = ["--config", p(&cfg), "--device", "cpu", "--seed", "5"];
+    let refused =
+        run_bin(env!("CARGO_BIN_EXE_train"), d, &[&common[..], &args, &["--max-steps", "2"]].concat());
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("2 [cat, dog]") && err.contains("3 [ant, cat, dog]"), "{err}");
+    let after = (std::fs::read(&state).unwrap(), std::fs::read(d.join("w.safetensors")).unwrap());
+    assert!(before == after, "a refused start writes nothing");
+
+    let allowed = train(d, &[&args[..], &["--max-steps", "2", "--allow-data-change"]].concat());
+    let stdout = String::from_utf8_lossy(&allowed.stdout);
+    assert!(
+        stdout.contains("classes 2 [cat, dog] → 3 [ant, cat, dog]") && stdout.contains("20 images, was 16"),
+        "{stdout}"
+    );
+    let meta = dit::checkpoint::state::load(&state).unwrap().meta;
+    assert_eq!((meta.step, meta.classes.len(), meta.data.unwrap().images), (2, 3, 20));
+
+    // Same classes, one more image: a note, and the epoch starts again from its first batch.
+    class_folder(d, "dog", 30, 1);
+    let grown = train(d, &[&args[..], &["--max-steps", "3"]].concat());
+    let stdout = String::from_utf8_lossy(&grown.stdout);
+    assert!(stdout.contains("21 images, was 20") && stdout.contains("(epoch 1, batch 0)"), "{stdout}");
+    let meta = dit::checkpoint::state::load(&state).unwrap().meta;
+    assert_eq!((meta.step, meta.batch_in_epoch), (3, 1));
+}
+
 #[test]
 fn full_epochs_log_every_tag_and_previews() {
     let dir = tempfile::tempdir().unwrap();

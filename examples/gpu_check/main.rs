@@ -73,16 +73,7 @@ struct Inputs {
 }
 
 fn trainer(cfg: &Config, device: Device) -> Trainer {
-    let meta = TrainMeta {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        world_size: 1,
-        seed: 1,
-        classes: vec![],
-        config: cfg.clone(),
-    };
-    Trainer::new(meta, device, PathBuf::from("unused.ot"))
+    Trainer::new(TrainMeta::fresh(1, vec![], cfg.clone()), device, PathBuf::from("unused.ot"))
 }
 
 fn inputs(v: &Variant) -> Result<Inputs> {
@@ -165,17 +156,17 @@ fn check_tokens(tokens: i64, device: Device) -> Result<bool> {
             verdict.detail
         );
         if !verdict.pass && v.attention == Attention::Fused && device != Device::Cpu {
-            diagnose(v, device, &inp, &cpu[i]);
+            diagnose(v, device, &inp, &cpu[i])?;
         }
     }
     Ok(all)
 }
 
 /// Reruns a failed fused step with one attention backend at a time, to name the faulty one.
-fn diagnose(v: &Variant, device: Device, inp: &Inputs, cpu: &Snapshot) {
-    let saved = torch_flags::sdp_backends();
+fn diagnose(v: &Variant, device: Device, inp: &Inputs, cpu: &Snapshot) -> Result<()> {
+    let saved = torch_flags::sdp_backends()?;
     for backend in SdpBackend::ALL {
-        torch_flags::set_sdp_backends(&[backend]);
+        torch_flags::set_sdp_backends(&[backend])?;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(v, device, inp)));
         match result {
             Ok(Ok(s)) => {
@@ -185,7 +176,7 @@ fn diagnose(v: &Variant, device: Device, inp: &Inputs, cpu: &Snapshot) {
             _ => println!("  diagnose {}: {backend} only: not available for these inputs", v.name()),
         }
     }
-    torch_flags::set_sdp_backends(&saved);
+    torch_flags::set_sdp_backends(&saved)
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -204,7 +195,7 @@ fn main() -> std::process::ExitCode {
         match args.get(1).map(String::as_str) {
             Some("step") if args.len() == 4 => {
                 let device = parse_device(&args[2])?;
-                torch_flags::set_tf32(false);
+                torch_flags::set_tf32(false)?;
                 for tokens in args[3].split(',') {
                     let tokens: i64 = tokens.parse().with_context(|| format!("token count {tokens}"))?;
                     failed |= !check_tokens(tokens, device)?;

@@ -17,6 +17,9 @@ struct Args {
     /// Stop cleanly, checkpoint included, once the global step count (resumed steps included) reaches N
     #[arg(long)]
     max_steps: Option<i64>,
+    /// Resume even if the data's classes are not those the checkpoint was trained on (fine-tuning on new data)
+    #[arg(long)]
+    allow_data_change: bool,
     /// Where to train
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
             device: args.device.resolve()?,
             max_steps: args.max_steps,
             preview_png: args.preview_png.clone(),
+            allow_data_change: args.allow_data_change,
             world: dit::distributed::World::from_env()?,
         };
         dit::train::run(cfg, &opts).map(|_| ())

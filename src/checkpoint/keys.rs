@@ -48,12 +48,23 @@ pub fn check_keys(path: &Path, expected: &Shapes, found: &[(String, Tensor)]) ->
     let parts: Vec<String> = [("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)]
         .into_iter()
         .filter(|(_, list)| !list.is_empty())
-        .map(|(what, list)| format!("{} {what}: {}", list.len(), list.join(", ")))
+        .map(|(what, list)| format!("{} {what} ({})", list.len(), first_few(&list)))
         .collect();
     if parts.is_empty() {
         return Ok(());
     }
     bail!("{} does not match the model configuration: {}", path.display(), parts.join("; "))
+}
+
+/// The first few names of `list`, then how many more: one readable line even for a
+/// checkpoint of another model, where every one of a hundred keys differs.
+fn first_few(list: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = list.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if list.len() > SHOWN {
+        text.push_str(&format!(", … {} more", list.len() - SHOWN));
+    }
+    text
 }
 
 /// Copies named tensors into the VarStore's variables of the same names (checked beforehand).
@@ -64,4 +75,19 @@ pub fn copy_into<'a>(vs: &VarStore, tensors: impl IntoIterator<Item = (&'a Strin
             variables[name].shallow_clone().copy_(tensor);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mismatch_lists_counts_and_the_first_few_names_on_one_short_line() {
+        let expected: Shapes = (0..102).map(|i| (format!("blocks.{i}.weight"), vec![4])).collect();
+        let found = vec![("other.weight".to_string(), Tensor::zeros([2], tch::kind::FLOAT_CPU))];
+        let err = check_keys(Path::new("w.ot"), &expected, &found).unwrap_err().to_string();
+        assert!(err.contains("102 missing (blocks.0.weight, blocks.1.weight,"), "{err}");
+        assert!(err.contains("… 98 more") && err.contains("1 unexpected (other.weight)"), "{err}");
+        assert!(err.len() < 300 && !err.contains('\n'), "{} characters: {err}", err.len());
+    }
 }

@@ -38,6 +38,46 @@ pub struct TrainMeta {
     pub classes: Vec<String>,
     /// The configuration the run was started with, flags applied.
     pub config: Config,
+    /// Updates Adam has made (its bias corrections depend on them). Below `step` when steps
+    /// were skipped (`train.skip_nonfinite`); absent in files from before it was saved, which
+    /// are read as `step`.
+    #[serde(default)]
+    pub adam_step: Option<i64>,
+    /// The learning-rate schedule's horizon in steps, fixed when the run began (the cosine
+    /// reaches `min_lr` there); absent in older files, where it was recomputed at each start.
+    #[serde(default)]
+    pub schedule_steps: Option<i64>,
+    /// What the run trained on (absent in older files): checked when it resumes.
+    #[serde(default)]
+    pub data: Option<DataIdentity>,
+}
+
+impl TrainMeta {
+    /// The counters of a run that has not trained yet, on one process.
+    pub fn fresh(seed: u64, classes: Vec<String>, config: Config) -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            world_size: 1,
+            seed,
+            classes,
+            config,
+            adam_step: None,
+            schedule_steps: None,
+            data: None,
+        }
+    }
+}
+
+/// The identity of a run's training data, beside the class names of [`TrainMeta`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataIdentity {
+    /// Number of images.
+    pub images: usize,
+    /// A 64-bit hash (16 hex digits) of the image list: each file's path below the data
+    /// folder and its label, in order (the built-in sets: their name and size).
+    pub fingerprint: String,
 }
 
 fn one() -> i64 {

@@ -35,6 +35,10 @@ pub struct TrainConfig {
     pub warmup_steps: i64,
     /// Final learning rate of the cosine schedule.
     pub min_lr: f64,
+    /// The schedule's horizon in steps (where the cosine reaches `min_lr`); null fixes it at
+    /// `epoch` × steps per epoch when the run begins. Either way it is saved with the run, so
+    /// `--max-steps`, a new `epoch` or batch size on resume do not move it; setting it does.
+    pub schedule_steps: Option<i64>,
     /// Log the `noise_prediction` and `target_noise` histograms every this many steps.
     pub histogram_every: i64,
     /// Keep decoded images in memory (as u8) so later epochs decode nothing.
@@ -99,14 +103,15 @@ pub enum LabelInit {
     Independent,
 }
 
-/// Samplers, for previews and the `sample` command (its behaviour: `crate::sampling`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+/// Samplers, for previews and the `sample` command (its behaviour: `crate::sampling`). No
+/// default of its own: each use names its choice (`sample`: DDPM, the original's; previews
+/// and `train.eval`: DDIM, [`PreviewConfig::default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     /// The original's ancestral sampler (DDPM), all max_t steps.
     Ddpm,
     /// DDIM over a subset of the steps of the same model.
-    #[default]
     Ddim,
 }
 
@@ -157,6 +162,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Constant,
             warmup_steps: 0,
             min_lr: 0.0,
+            schedule_steps: None,
             histogram_every: 100,
             cache_images: true,
             cfg_dropout: 0.0,
@@ -197,6 +203,9 @@ impl TrainConfig {
             "train.min_lr must lie in [0, train.lr], got {}",
             self.min_lr
         );
+        if let Some(n) = self.schedule_steps {
+            ensure!(n > 0, "train.schedule_steps must be a positive integer or null, got {n}");
+        }
         ensure!(
             self.histogram_every > 0,
             "train.histogram_every must be a positive integer, got {}",

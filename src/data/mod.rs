@@ -18,6 +18,7 @@ mod builtin;
 mod decode;
 mod folder;
 mod loader;
+mod pixels;
 
 use builtin::Builtin;
 pub use builtin::{render_panda, render_red_panda, BUILTIN_LEN, BUILTIN_PANDAS, BUILTIN_PANDAS2};
@@ -25,6 +26,7 @@ pub use decode::{MAX_DECODE_BYTES, MAX_DECODE_SIDE};
 use folder::Folder;
 pub use folder::IMAGE_EXTENSIONS;
 pub use loader::{Batch, Epoch, Loader, Shard};
+pub use pixels::to_model_range;
 
 /// Largest `img_size` accepted by [`Dataset::open`].
 pub const MAX_IMG_SIZE: i64 = 4096;

@@ -9,6 +9,8 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 
+#include "ffi_guard.h"
+
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -31,26 +33,6 @@ c10::intrusive_ptr<c10d::Backend> dit_make_nccl_backend(const c10::intrusive_ptr
 #endif
 
 namespace {
-
-template <class F>
-int guarded(char* err, size_t err_len, F&& body) {
-  std::string msg;
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    msg = e.what();
-  } catch (...) {
-    msg = "unknown C++ exception";
-  }
-  msg = msg.substr(0, msg.find('\n'));
-  if (msg.empty()) msg = "C++ exception without a message";
-  if (err_len > 0) {
-    std::strncpy(err, msg.c_str(), err_len - 1);
-    err[err_len - 1] = '\0';
-  }
-  return 1;
-}
 
 std::vector<at::Tensor> tensors_of(const at::Tensor* const* ptrs, size_t n) {
   std::vector<at::Tensor> out;
@@ -144,7 +126,7 @@ struct DitStore {
 extern "C" int dit_store_new(const char* host, int port, int is_server, int world_size,
                              int wait_workers, int64_t timeout_ms, const char* prefix,
                              DitStore** out, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     c10d::TCPStoreOptions opts;
     TORCH_CHECK(port > 0 && port < 65536, "port ", port, " is out of range");
     opts.port = static_cast<std::uint16_t>(port);
@@ -163,7 +145,7 @@ extern "C" int dit_store_new(const char* host, int port, int is_server, int worl
 
 // A second connection to the same store, with the same prefix (for a thread of its own).
 extern "C" int dit_store_clone(DitStore* s, DitStore** out, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     auto c = std::make_unique<DitStore>();
     c->base = s->base->clone();
     c->prefix = s->prefix;
@@ -173,18 +155,18 @@ extern "C" int dit_store_clone(DitStore* s, DitStore** out, char* err, size_t er
 }
 
 extern "C" int dit_store_set_timeout(DitStore* s, int64_t timeout_ms, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] { s->store->setTimeout(milliseconds(timeout_ms)); });
+  return dit_guarded(err, err_len, [&] { s->store->setTimeout(milliseconds(timeout_ms)); });
 }
 
 // Atomically adds `delta` to the integer at `key` (created as 0) and returns the new value.
 extern "C" int dit_store_add(DitStore* s, const char* key, int64_t delta, int64_t* value, char* err,
                              size_t err_len) {
-  return guarded(err, err_len, [&] { *value = s->store->add(key, delta); });
+  return dit_guarded(err, err_len, [&] { *value = s->store->add(key, delta); });
 }
 
 extern "C" int dit_store_set(DitStore* s, const char* key, const uint8_t* data, size_t len,
                              char* err, size_t err_len) {
-  return guarded(err, err_len, [&] { s->store->set(key, std::vector<uint8_t>(data, data + len)); });
+  return dit_guarded(err, err_len, [&] { s->store->set(key, std::vector<uint8_t>(data, data + len)); });
 }
 
 extern "C" void dit_store_free(DitStore* s) { delete s; }
@@ -213,7 +195,7 @@ struct DitPg {
 // at once).
 extern "C" int dit_pg_new(DitStore* s, int rank, int size, int backend, int device,
                           int64_t timeout_ms, DitPg** out, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     const milliseconds timeout(timeout_ms);
     auto pg_store = c10::make_intrusive<c10d::PrefixStore>("pg", s->store);
     auto pg = c10::make_intrusive<c10d::ProcessGroup>(pg_store, rank, size);
@@ -264,7 +246,7 @@ extern "C" int dit_pg_new(DitStore* s, int rank, int size, int backend, int devi
 // device; all buckets are started before the first is waited for.
 extern "C" int dit_pg_allreduce(DitPg* h, const at::Tensor* const* ptrs, size_t n, int op,
                                 int64_t bucket_bytes, int64_t timeout_ms, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     // The results overwrite the tensors in place, parameters included: not an autograd op.
     at::NoGradGuard no_grad;
     auto ts = tensors_of(ptrs, n);
@@ -294,7 +276,7 @@ extern "C" int dit_pg_allreduce(DitPg* h, const at::Tensor* const* ptrs, size_t 
 // Copies each tensor of rank `root` into the same tensor of every other rank, in buckets.
 extern "C" int dit_pg_broadcast(DitPg* h, const at::Tensor* const* ptrs, size_t n, int root,
                                 int64_t bucket_bytes, int64_t timeout_ms, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     // The results overwrite the tensors in place, parameters included: not an autograd op.
     at::NoGradGuard no_grad;
     TORCH_CHECK(root >= 0 && root < h->size, "root rank ", root, " is not in 0..", h->size - 1);
@@ -318,7 +300,7 @@ extern "C" int dit_pg_broadcast(DitPg* h, const at::Tensor* const* ptrs, size_t 
 }
 
 extern "C" int dit_pg_barrier(DitPg* h, int64_t timeout_ms, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     c10d::BarrierOptions opts;
     opts.timeout = per_call(timeout_ms);
     h->pg->barrier(opts)->wait();
@@ -328,7 +310,7 @@ extern "C" int dit_pg_barrier(DitPg* h, int64_t timeout_ms, char* err, size_t er
 // Every rank contributes `n` u64 values; `out` (size × n) receives rank r's at r*n.
 extern "C" int dit_pg_allgather_u64(DitPg* h, const uint64_t* values, size_t n, uint64_t* out,
                                     int64_t timeout_ms, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     const auto n64 = static_cast<int64_t>(n);
     auto cpu = at::empty({n64}, at::kLong);
     std::memcpy(cpu.data_ptr<int64_t>(), values, n * sizeof(uint64_t));
@@ -367,7 +349,7 @@ struct DitReducer {
 
 extern "C" int dit_reducer_new(DitPg* h, const at::Tensor* const* ptrs, size_t n, int64_t bucket_bytes,
                                int64_t first_bucket_bytes, DitReducer** out, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     auto params = tensors_of(ptrs, n);
     for (size_t i = 0; i < n; ++i)
       TORCH_CHECK(params[i].requires_grad(), "parameter ", i, " does not require a gradient");
@@ -390,7 +372,7 @@ extern "C" int dit_reducer_new(DitPg* h, const at::Tensor* const* ptrs, size_t n
 // Call once per step on every rank, before the backward pass whose gradients are to be
 // averaged (the first call after the first step rebuilds the buckets: a collective).
 extern "C" int dit_reducer_prepare(DitReducer* r, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return dit_guarded(err, err_len, [&] {
     r->reducer->prepare_for_forward();
     r->reducer->rebuild_buckets();
     r->reducer->prepare_for_backward({});

@@ -1,7 +1,7 @@
-//! The extern "C" functions of `c10d_shim.cpp`, and the error-buffer convention they share:
-//! 0 on success, else 1 with the first line of the C++ exception in a NUL-terminated buffer.
+//! The extern "C" functions of `c10d_shim.cpp`; each follows the error convention of
+//! [`crate::ffi`].
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 use torch_sys::C_tensor;
 
@@ -118,12 +118,4 @@ extern "C" {
     pub fn dit_reducer_free(r: *mut DitReducer);
 }
 
-/// Runs one shim call with an error buffer; `Err` carries the shim's one-line message.
-pub fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
-    let mut err = vec![0 as c_char; 1024];
-    if f(err.as_mut_ptr(), err.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim NUL-terminates within the buffer's length whenever it fails.
-    Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
-}
+pub use crate::ffi::call;

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::data::Dataset;
 
@@ -44,7 +44,7 @@ pub fn load_images(dataset: &Dataset, num: usize, class: Option<i64>) -> Result<
     let side = dataset.img_size();
     let bytes: Vec<u8> = loaded.concat();
     let images = Tensor::from_slice(&bytes).view([loaded.len() as i64, side, side, 3]).permute([0, 3, 1, 2]);
-    Ok(images.to_kind(Kind::Float) / 255.0 * 2.0 - 1.0)
+    Ok(crate::data::to_model_range(&images))
 }
 
 /// The side of the square images of a folder data set, read from the file headers: an error

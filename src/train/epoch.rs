@@ -62,7 +62,7 @@ pub(super) fn train_epochs(
     };
     let stop = stop_flag()?;
     let per_epoch = loader.batches_per_epoch() as i64;
-    let total_steps = opts.max_steps.unwrap_or(cfg.train.epoch * per_epoch);
+    let total_steps = tr.meta.schedule_steps.expect("resume::start fixes the horizon");
     while tr.meta.epoch < cfg.train.epoch {
         let epoch = tr.meta.epoch;
         let started = Instant::now();

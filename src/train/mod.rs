@@ -5,6 +5,7 @@
 //! checkpoints), [`preview`] (samples after epochs); [`shard`] when torchrun starts several
 //! processes (data parallelism).
 
+mod data_identity;
 mod epoch;
 mod preview;
 mod probe;
@@ -33,6 +34,9 @@ pub struct RunOptions {
     pub max_steps: Option<i64>,
     /// Where to write the preview grid PNG (default: beside the checkpoint).
     pub preview_png: Option<PathBuf>,
+    /// Resume even when the data's classes are not the saved run's (fine-tuning on other or
+    /// grown data); otherwise that is an error.
+    pub allow_data_change: bool,
     /// This process's place when torchrun started several ([`World::from_env`]): each trains
     /// on its share of every batch of `train.batch_size` × world size images.
     pub world: Option<World>,
@@ -77,7 +81,13 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     if let Some(pg) = &pg {
         loader = loader.sharded(Shard { rank: pg.rank(), world: world_size })?;
     }
-    let mut tr = resume::start(cfg, classes, resumed, device, world_size as i64, main)?;
+    let data = resume::DataAtStart {
+        classes,
+        identity: data_identity::identity(&dataset, &cfg.train.data_path),
+        steps_per_epoch: loader.batches_per_epoch() as i64,
+        allow_change: opts.allow_data_change,
+    };
+    let mut tr = resume::start(cfg, data, resumed, device, world_size as i64, main)?;
     if let Some(pg) = &pg {
         shard::replicate(&tr, pg)?;
     }

@@ -19,6 +19,8 @@ const BATCH: i64 = 64;
 /// The training images the samples are compared with, loaded once.
 pub(super) struct Probe {
     data: Tensor,
+    /// The labels the samples are drawn with: the data's classes in their proportions.
+    labels: Tensor,
 }
 
 impl Probe {
@@ -26,7 +28,9 @@ impl Probe {
     pub(super) fn new(dataset: &Dataset, num: i64) -> Result<Self> {
         let min = quality::MIN_IMAGES as i64;
         ensure!(num >= min, "train.eval.num must be at least {min}, got {num}");
-        Ok(Self { data: quality::load_images(dataset, num as usize, None)? })
+        let data = quality::load_images(dataset, num as usize, None)?;
+        let labels = proportional_labels(dataset, data.size()[0] as usize);
+        Ok(Self { data, labels })
     }
 
     /// Samples as many images as the data holds (the same noise every time, so the numbers
@@ -36,8 +40,6 @@ impl Probe {
         let n = self.data.size()[0];
         tch::manual_seed(step_seed(tr.meta.seed, -3));
         let noise = Tensor::randn([n, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
-        let classes = (tr.meta.classes.len() as i64).max(1);
-        let labels = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(classes);
         let options = SampleOptions {
             sampler: p.sampler,
             steps: p.steps,
@@ -52,7 +54,7 @@ impl Probe {
                 &tr.schedule,
                 &options,
                 &noise,
-                &labels,
+                &self.labels,
                 BATCH,
                 &mut |_| {},
             )?
@@ -63,5 +65,34 @@ impl Probe {
             tb.scalar(&format!("Quality/swd_{side}"), epoch, *value)?;
         }
         Ok(report)
+    }
+}
+
+/// `n` labels with the data's class proportions: the labels of `n` images evenly spaced over
+/// `dataset` (whose images are in class order), so a class of 90% of the images gets 90% of
+/// the samples and the distance measures quality, not the class mix.
+fn proportional_labels(dataset: &Dataset, n: usize) -> Tensor {
+    let len = dataset.len();
+    let labels: Vec<i64> = (0..n).map(|k| dataset.label(k * len / n).unwrap_or(0)).collect();
+    Tensor::from_slice(&labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_labels_follow_the_class_proportions() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, count) in [("a", 9), ("b", 3)] {
+            std::fs::create_dir_all(dir.path().join(class)).unwrap();
+            for i in 0..count {
+                image::RgbImage::new(2, 2).save(dir.path().join(class).join(format!("{i}.png"))).unwrap();
+            }
+        }
+        let dataset = Dataset::open(&dir.path().display().to_string(), 2).unwrap();
+        let labels = Vec::<i64>::try_from(proportional_labels(&dataset, 8)).unwrap();
+        assert_eq!(labels.iter().filter(|&&l| l == 1).count(), 2, "{labels:?}");
+        assert_eq!(labels.len(), 8);
     }
 }

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use tch::Device;
 
+use super::data_identity::{self, DataChange};
 use super::trainer::Trainer;
-use crate::checkpoint::{state, state::TrainMeta, state::TrainState};
-use crate::config::Config;
+use crate::checkpoint::state::{self, DataIdentity, TrainMeta, TrainState};
+use crate::config::{Config, LrSchedule};
 use crate::rng::splitmix64;
 
 /// Fails before any training when `dir` cannot take new files.
@@ -75,26 +76,54 @@ fn choose_seed(resumed: Option<&TrainState>, asked: Option<u64>) -> Result<u64> 
     })
 }
 
+/// What a start knows of the data it is about to train on.
+pub(super) struct DataAtStart {
+    /// Class names, label order.
+    pub classes: Vec<String>,
+    pub identity: DataIdentity,
+    /// Optimisation steps in one epoch of the current data, batch size and world size.
+    pub steps_per_epoch: i64,
+    /// `--allow-data-change`: other classes than the saved run's are a deliberate change.
+    pub allow_change: bool,
+}
+
 /// The trainer for `cfg` (already fitted by [`read_state`]), fresh or restored, for a run of
-/// `world_size` processes; `verbose` for the one that reports.
+/// `world_size` processes; `verbose` for the one that reports. A restored run keeps its
+/// schedule's horizon ([`schedule_steps`]) and must train on the data it trained on
+/// ([`data_identity::compare`]).
 pub(super) fn start(
     cfg: Config,
-    classes: Vec<String>,
+    data: DataAtStart,
     resumed: Option<TrainState>,
     device: Device,
     world_size: i64,
     verbose: bool,
 ) -> Result<Trainer> {
     let weights_path = PathBuf::from(&cfg.train.model_save_path);
-    let seed = cfg.train.seed.expect("read_state chose the seed");
-    let meta = TrainMeta { step: 0, epoch: 0, batch_in_epoch: 0, world_size, seed, classes, config: cfg };
-    let mut tr = Trainer::new(meta, device, weights_path.clone());
     let state_path = state::state_path(&weights_path);
+    let change = match &resumed {
+        Some(st) => {
+            data_identity::compare(&state_path, &st.meta, &data.classes, &data.identity, data.allow_change)?
+        }
+        None => DataChange::Same,
+    };
+    let horizon = schedule_steps(&cfg, resumed.as_ref().map(|st| &st.meta), data.steps_per_epoch, verbose);
+    let seed = cfg.train.seed.expect("read_state chose the seed");
+    let meta = TrainMeta {
+        world_size,
+        schedule_steps: Some(horizon),
+        data: Some(data.identity),
+        ..TrainMeta::fresh(seed, data.classes, cfg)
+    };
+    let mut tr = Trainer::new(meta, device, weights_path.clone());
     if let Some(st) = &resumed {
         state::check_against(&state_path, st, &tr.shapes())?;
         tr.restore(st);
         let global_batch = tr.config().train.batch_size * world_size;
-        tr.meta.batch_in_epoch = position_in_epoch(st, global_batch, verbose);
+        tr.meta.batch_in_epoch = match &change {
+            DataChange::Same => position_in_epoch(st, global_batch, verbose),
+            DataChange::Changed(_) => 0,
+        };
         if verbose {
             println!(
                 "resuming from {} at step {} (epoch {}, batch {})",
@@ -103,6 +132,12 @@ pub(super) fn start(
                 tr.meta.epoch + 1,
                 tr.meta.batch_in_epoch
             );
+            if let DataChange::Changed(what) = &change {
+                println!(
+                    "note: the data changed since the checkpoint: {what}; epoch {} restarts at its beginning",
+                    tr.meta.epoch + 1
+                );
+            }
         }
     } else if weights_path.is_file() {
         tr.load_weights(&weights_path)?;
@@ -115,6 +150,34 @@ pub(super) fn start(
         }
     }
     Ok(tr)
+}
+
+/// The learning-rate schedule's horizon: `train.schedule_steps` when set, else the saved
+/// run's, else (a fresh run, or a file from before it was saved) `train.epoch` × steps per
+/// epoch. `--max-steps` only stops a run, so a run stopped and resumed any number of times
+/// follows the schedule of one uninterrupted run; changing `train.epoch` or the batch size on
+/// resume leaves the horizon where it was (said when `verbose`).
+fn schedule_steps(cfg: &Config, saved: Option<&TrainMeta>, steps_per_epoch: i64, verbose: bool) -> i64 {
+    let derived = cfg.train.epoch * steps_per_epoch;
+    let saved = saved.and_then(|m| m.schedule_steps);
+    match (cfg.train.schedule_steps, saved) {
+        (Some(asked), Some(old)) if asked != old && verbose => {
+            println!("note: the learning-rate schedule's horizon moves from {old} to {asked} steps (train.schedule_steps)");
+            asked
+        }
+        (Some(asked), _) => asked,
+        (None, Some(old)) => {
+            let scheduled = cfg.train.lr_schedule != LrSchedule::Constant;
+            if derived != old && scheduled && verbose {
+                println!(
+                    "note: the learning-rate schedule keeps its horizon of {old} steps, fixed when the run began \
+                     (train.epoch × steps per epoch is now {derived}); set train.schedule_steps to move it"
+                );
+            }
+            old
+        }
+        (None, None) => derived,
+    }
 }
 
 /// The batches of the current epoch already done, in batches of `global_batch` images: the

@@ -13,7 +13,7 @@
 //! rank with no image in it, weighs every image alike.
 
 use anyhow::{ensure, Result};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::trainer::{Draws, StepOutput, Trainer};
 use crate::config::Config;
@@ -34,8 +34,9 @@ pub(super) fn agree_config(pg: &ProcessGroup, cfg: &mut Config) -> Result<()> {
 pub(super) fn replicate(tr: &Trainer, pg: &ProcessGroup) -> Result<()> {
     let m = &tr.meta;
     let start = serde_json::to_vec(&(m.step, m.epoch, m.batch_in_epoch, m.seed, &m.classes, &m.config))?;
+    let start = [start, serde_json::to_vec(&(m.schedule_steps, &m.data))?].concat();
     pg.check_same(
-        "the starting point (step, epoch, batch, seed, classes, config; the same state file?)",
+        "the starting point (step, epoch, batch, seed, classes, config, schedule, data; the same state file?)",
         &start,
     )?;
     pg.broadcast(&tr.replicated(), 0)
@@ -64,21 +65,12 @@ impl Trainer {
             drop: all.drop.as_ref().map(|d| d.index_select(0, &rows)),
         };
         optim::zero_grad(&self.params);
-        let m = &self.config().model;
-        let values_per_image = (m.channel * m.img_size * m.img_size) as f64;
         let (loss_sum, prediction) = if batch.is_empty() {
             (Tensor::zeros([], (Kind::Float, device)), Tensor::zeros([0], (Kind::Float, device)))
         } else {
-            let x0 = batch.images.to_device(device).to_kind(Kind::Float) / 255.0 * 2.0 - 1.0;
-            let xt = self.schedule.noised(&x0, &draws.t, &draws.noise);
-            let labels = batch.labels.to_device(device);
-            let labels = match &draws.drop {
-                Some(drop) => labels.masked_fill(drop, self.config().model.label_num),
-                None => labels,
-            };
-            let pred = self.model.forward(&xt, &labels, &draws.t);
+            let (loss, pred) = self.slice_loss(&batch.images, &batch.labels, &draws);
             // Σ over this rank's images of each image's mean |ε − prediction|.
-            let loss_sum = pred.l1_loss(&draws.noise, Reduction::Sum) / values_per_image;
+            let loss_sum = loss * batch.len() as f64;
             loss_sum.backward();
             (loss_sum.detach().to_kind(Kind::Float), pred.detach())
         };

@@ -13,6 +13,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, state, state::TrainMeta};
 use crate::config::{Config, LabelInit};
+use crate::data;
 use crate::diffusion::Schedule;
 use crate::optim::{self, Adam, Ema};
 use crate::rng::step_seed;
@@ -128,7 +129,20 @@ impl Trainer {
 
     /// [`Trainer::step`] with given draws (on the training device).
     pub fn step_with(&mut self, images: &Tensor, labels: &Tensor, draws: &Draws) -> StepOutput {
-        let x0 = images.to_device(self.device).to_kind(Kind::Float) / 255.0 * 2.0 - 1.0; // (B, C, I, I)
+        optim::zero_grad(&self.params);
+        let (loss, pred) = self.slice_loss(images, labels, draws);
+        loss.backward();
+        let grad_norm = optim::clip_grad_norm(&self.params, self.config().train.grad_clip);
+        StepOutput { loss, prediction: pred.detach(), noise: draws.noise.shallow_clone(), grad_norm }
+    }
+
+    /// The loss of a slice of a step's batch, to back-propagate: `images` (B, C, I, I) u8 and
+    /// `labels` (B) are the slice's, `draws` their rows of the step's draws. x0 = image·2 − 1,
+    /// x_t by DDPM eq. 4, the dropped labels replaced by the "no label" row, and the mean
+    /// absolute error between ε and the prediction over the slice's values; returns it and
+    /// the prediction. Every path that trains (one process, data-parallel ranks) calls this.
+    pub(super) fn slice_loss(&self, images: &Tensor, labels: &Tensor, draws: &Draws) -> (Tensor, Tensor) {
+        let x0 = data::to_model_range(&images.to_device(self.device)); // (B, C, I, I)
         let xt = self.schedule.noised(&x0, &draws.t, &draws.noise);
         let labels = labels.to_device(self.device);
         let labels = match &draws.drop {
@@ -136,11 +150,7 @@ impl Trainer {
             None => labels,
         };
         let pred = self.model.forward(&xt, &labels, &draws.t);
-        let loss = pred.l1_loss(&draws.noise, tch::Reduction::Mean);
-        optim::zero_grad(&self.params);
-        loss.backward();
-        let grad_norm = optim::clip_grad_norm(&self.params, self.config().train.grad_clip);
-        StepOutput { loss, prediction: pred.detach(), noise: draws.noise.shallow_clone(), grad_norm }
+        (pred.l1_loss(&draws.noise, tch::Reduction::Mean), pred)
     }
 
     /// Adam at learning rate `lr`, then the EMA.
@@ -179,7 +189,8 @@ impl Trainer {
         let v = self.named(&self.adam.exp_avg_sq);
         let groups: [(&str, &[(String, Tensor)]); 4] =
             [("model", &model), ("ema", &ema), ("adam_m", &m), ("adam_v", &v)];
-        state::save(&state::state_path(&self.weights_path), &self.meta, &groups)?;
+        let meta = TrainMeta { adam_step: Some(self.adam.step), ..self.meta.clone() };
+        state::save(&state::state_path(&self.weights_path), &meta, &groups)?;
         checkpoint::write_tensors(&self.weights_path, &model)
     }
 
@@ -192,7 +203,7 @@ impl Trainer {
                 self.adam.exp_avg[i] = m[name].to_device(self.device);
                 self.adam.exp_avg_sq[i] = v[name].to_device(self.device);
             }
-            self.adam.step = st.meta.step;
+            self.adam.step = st.meta.adam_step.unwrap_or(st.meta.step);
         }
         let decay = self.config().train.ema_decay;
         self.ema = match st.group("ema") {
@@ -225,5 +236,38 @@ impl Trainer {
     /// The parameters' names and shapes.
     pub fn shapes(&self) -> checkpoint::Shapes {
         checkpoint::shapes(&self.vs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_trainer(dir: &std::path::Path) -> Trainer {
+        let cfg = Config::from_json(
+            r#"{"model": {"img_size": 8, "patch_size": 4, "dit_num": 1, "head": 1, "emb_size": 8},
+                "diffusion": {"max_t": 10}}"#,
+        )
+        .unwrap();
+        Trainer::new(TrainMeta::fresh(3, vec!["x".into()], cfg), Device::Cpu, dir.join("w.safetensors"))
+    }
+
+    #[test]
+    fn adams_own_step_count_is_saved_and_restored_apart_from_the_global_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tr = tiny_trainer(dir.path());
+        // Five steps of which two were skipped (train.skip_nonfinite): Adam made three updates.
+        (tr.meta.step, tr.adam.step) = (5, 3);
+        tr.save().unwrap();
+        let st = state::load(&state::state_path(&tr.weights_path)).unwrap();
+        assert_eq!((st.meta.step, st.meta.adam_step), (5, Some(3)));
+        let mut resumed = tiny_trainer(dir.path());
+        resumed.restore(&st);
+        assert_eq!((resumed.meta.step, resumed.adam.step), (5, 3));
+        // A file from before Adam's count was saved: the global step, as those runs had it.
+        let old =
+            state::TrainState { meta: TrainMeta { adam_step: None, ..st.meta.clone() }, groups: st.groups };
+        resumed.restore(&old);
+        assert_eq!(resumed.adam.step, 5);
     }
 }

@@ -6,6 +6,8 @@
 #include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 
+#include "ffi_guard.h"
+
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -16,7 +18,7 @@
 extern "C" int dit_write_pth(const char* path, const char* const* names,
                              const at::Tensor* const* tensors, size_t count, char* err,
                              size_t err_len) {
-  try {
+  return dit_guarded(err, err_len, [&] {
     c10::Dict<std::string, at::Tensor> dict;
     for (size_t i = 0; i < count; ++i) {
       dict.insert(names[i], *tensors[i]);
@@ -43,15 +45,5 @@ extern "C" int dit_write_pth(const char* path, const char* const* names,
     writer.writeEndOfFile();
     file.close();
     if (!file) throw std::runtime_error(std::string("cannot write ") + path);
-    return 0;
-  } catch (const std::exception& e) {
-    // Keep the first line: libtorch appends a C++ backtrace after it.
-    std::string msg(e.what());
-    msg = msg.substr(0, msg.find('\n'));
-    if (err_len > 0) {
-      std::strncpy(err, msg.c_str(), err_len - 1);
-      err[err_len - 1] = '\0';
-    }
-    return 1;
-  }
+  });
 }
