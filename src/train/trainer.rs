@@ -246,7 +246,7 @@ mod tests {
     fn tiny_trainer(dir: &std::path::Path) -> Trainer {
         let cfg = Config::from_json(
             r#"{"model": {"img_size": 8, "patch_size": 4, "dit_num": 1, "head": 1, "emb_size": 8},
-                "diffusion": {"max_t": 10}}"#,
+                "diffusion": {"max_t": 100}}"#,
         )
         .unwrap();
         Trainer::new(TrainMeta::fresh(3, vec!["x".into()], cfg), Device::Cpu, dir.join("w.safetensors"))
