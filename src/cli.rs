@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
-use crate::config::{Attention, Config, Precision, SamplerKind};
+use crate::config::{ActivationCheckpointing, Attention, Config, Precision, SamplerKind};
 
 /// Largest allocation glibc serves from the heap instead of a fresh mmap (its maximum).
 const MMAP_THRESHOLD: i32 = 32 << 20;
@@ -88,9 +88,12 @@ pub struct TrainOverrides {
     /// Number of epochs (train.epoch)
     #[arg(long)]
     pub epochs: Option<i64>,
-    /// Images per step (train.batch_size)
+    /// Images per forward pass (train.batch_size)
     #[arg(long)]
     pub batch_size: Option<i64>,
+    /// Micro-batches of --batch-size per optimizer step, their gradients added up (train.grad_accum_steps)
+    #[arg(long)]
+    pub grad_accum_steps: Option<i64>,
     /// Learning rate (train.lr)
     #[arg(long)]
     pub lr: Option<f64>,
@@ -125,6 +128,9 @@ pub struct TrainOverrides {
     /// Attention kernel (runtime.attention)
     #[arg(long, value_enum)]
     pub attention: Option<Attention>,
+    /// Recompute each block in the backward pass instead of keeping its activations (runtime.activation_checkpointing)
+    #[arg(long, value_enum)]
+    pub activation_checkpointing: Option<ActivationCheckpointing>,
 }
 
 impl TrainOverrides {
@@ -139,6 +145,7 @@ impl TrainOverrides {
         set(&mut t.data_path, &self.data);
         set(&mut t.epoch, &self.epochs);
         set(&mut t.batch_size, &self.batch_size);
+        set(&mut t.grad_accum_steps, &self.grad_accum_steps);
         set(&mut t.lr, &self.lr);
         set(&mut t.schedule_steps, &self.schedule_steps.map(Some));
         set(&mut t.seed, &self.seed.map(Some));
@@ -150,6 +157,7 @@ impl TrainOverrides {
         set(&mut t.preview.steps, &self.preview_steps);
         set(&mut cfg.runtime.precision, &self.precision);
         set(&mut cfg.runtime.attention, &self.attention);
+        set(&mut cfg.runtime.activation_checkpointing, &self.activation_checkpointing);
         cfg.validate().context("after applying the command-line flags")
     }
 }

@@ -51,7 +51,11 @@ fn cpu_stand_in_runs_every_check_and_says_cuda_was_not_tested() {
     assert!(text.starts_with("CUDA WAS NOT TESTED"), "{text}");
     let lines: Vec<&str> = text.lines().collect();
     let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
-    assert_eq!(count("PASS step 64 tokens"), 4, "{text}");
+    // fp32 and bf16 × naive and fused, plus fused with checkpointing (fp32, bf16) and with two
+    // micro-batches.
+    assert_eq!(count("PASS step 64 tokens"), 7, "{text}");
+    assert_eq!(count("PASS step 64 tokens fp32 fused checkpointed"), 1, "{text}");
+    assert_eq!(count("PASS step 64 tokens fp32 fused 2 micro-batches"), 1, "{text}");
     assert_eq!(count("INFO train: quick-start preset"), 1, "{text}");
     assert_eq!(count("INFO samples of the"), 2, "{text}");
     assert_eq!(count("PASS bf16 "), 4, "{text}");

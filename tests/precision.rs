@@ -33,7 +33,7 @@ fn bf16_forward_and_gradients_track_fp32_and_stay_float32() {
         tch::manual_seed(4);
         let vs = VarStore::new(Device::Cpu);
         let mut model = Dit::new(&vs.root(), &cfg);
-        let fp32 = RuntimeConfig { attention, precision: Precision::Fp32 };
+        let fp32 = RuntimeConfig { attention, precision: Precision::Fp32, ..Default::default() };
         let (out32, g32) = forward_and_grads(&mut model, &vs, fp32);
         let (out16, g16) =
             forward_and_grads(&mut model, &vs, RuntimeConfig { precision: Precision::Bf16, ..fp32 });

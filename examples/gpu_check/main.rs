@@ -3,8 +3,10 @@
 //!
 //!   gpu_check step DEVICE TOKENS[,TOKENS…]   one training step from identical weights, inputs
 //!                                           and draws on the CPU and on DEVICE, for fp32 and
-//!                                           bf16, fused and naive attention: the loss, every
-//!                                           gradient, the weights after Adam and the EMA
+//!                                           bf16, fused and naive attention, and fused with
+//!                                           activation checkpointing (fp32, bf16) and with two
+//!                                           micro-batches: the loss, every gradient, the
+//!                                           weights after Adam and the EMA
 //!   gpu_check image-stat FILE.safetensors DATA  the high-frequency statistic of the images in
 //!                                           FILE ("images", (N, C, I, I) in [−1, 1]) against
 //!                                           its calibration on DATA and on pure noise
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use dit::checkpoint::state::TrainMeta;
-use dit::config::{Attention, Config, Precision, RuntimeConfig};
+use dit::config::{ActivationCheckpointing, Attention, Config, Precision, RuntimeConfig};
 use dit::torch_flags::{self, SdpBackend};
 use dit::train::{Draws, Trainer};
 use tch::{Device, Kind, Tensor};
@@ -35,6 +37,10 @@ struct Variant {
     tokens: i64,
     precision: Precision,
     attention: Attention,
+    /// Recompute the blocks in the backward pass (`runtime.activation_checkpointing`).
+    checkpointing: bool,
+    /// Micro-batches the step's batch is split into (`train.grad_accum_steps`).
+    micro_batches: i64,
 }
 
 impl Variant {
@@ -44,7 +50,13 @@ impl Variant {
             Precision::Bf16 => "bf16",
         };
         let a = if self.attention == Attention::Fused { "fused" } else { "naive" };
-        format!("{} tokens {p} {a}", self.tokens)
+        let c = if self.checkpointing { " checkpointed" } else { "" };
+        let k = if self.micro_batches > 1 {
+            format!(" {} micro-batches", self.micro_batches)
+        } else {
+            String::new()
+        };
+        format!("{} tokens {p} {a}{c}{k}", self.tokens)
     }
 
     /// The quick-start model at the image size that gives `tokens` patches of 4×4, and a
@@ -56,9 +68,14 @@ impl Variant {
         }
         let mut cfg = Config::default();
         cfg.model.img_size = side * 4;
-        cfg.runtime = RuntimeConfig { attention: self.attention, precision: self.precision };
+        let activation_checkpointing =
+            if self.checkpointing { ActivationCheckpointing::Blocks } else { ActivationCheckpointing::None };
+        cfg.runtime =
+            RuntimeConfig { attention: self.attention, precision: self.precision, activation_checkpointing };
         cfg.train.ema_decay = 0.995;
         let batch = (16 * 64 * 64 / self.tokens.pow(2)).clamp(2, 16);
+        // step_with splits the step's images into micro-batches of train.batch_size.
+        cfg.train.batch_size = (batch / self.micro_batches).max(1);
         Ok((cfg, batch))
     }
 }
@@ -131,8 +148,38 @@ fn check_tokens(tokens: i64, device: Device) -> Result<bool> {
     let variants: Vec<Variant> = [Precision::Fp32, Precision::Bf16]
         .into_iter()
         .flat_map(|precision| {
-            [Attention::Naive, Attention::Fused].map(|attention| Variant { tokens, precision, attention })
+            [Attention::Naive, Attention::Fused].map(|attention| Variant {
+                tokens,
+                precision,
+                attention,
+                checkpointing: false,
+                micro_batches: 1,
+            })
         })
+        // The memory options on the path CUDA users take: fused attention.
+        .chain([
+            Variant {
+                tokens,
+                precision: Precision::Fp32,
+                attention: Attention::Fused,
+                checkpointing: true,
+                micro_batches: 1,
+            },
+            Variant {
+                tokens,
+                precision: Precision::Bf16,
+                attention: Attention::Fused,
+                checkpointing: true,
+                micro_batches: 1,
+            },
+            Variant {
+                tokens,
+                precision: Precision::Fp32,
+                attention: Attention::Fused,
+                checkpointing: false,
+                micro_batches: 2,
+            },
+        ])
         .collect();
     let inp = inputs(&variants[0])?;
     let cpu: Vec<Snapshot> = variants.iter().map(|v| run(v, Device::Cpu, &inp)).collect::<Result<_>>()?;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 mod model;
 mod train;
 
-pub use model::{Attention, ModelConfig, Precision, RuntimeConfig};
+pub use model::{ActivationCheckpointing, Attention, ModelConfig, Precision, RuntimeConfig};
 pub use train::{EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
 
 /// The config file commands read when none is named.
@@ -215,7 +215,10 @@ mod tests {
     #[test]
     fn legacy_model_fields_move_to_runtime() {
         let c = Config::from_json(r#"{"model": {"attention": "naive", "precision": "bf16"}}"#).unwrap();
-        assert_eq!(c.runtime, RuntimeConfig { attention: Attention::Naive, precision: Precision::Bf16 });
+        assert_eq!(
+            c.runtime,
+            RuntimeConfig { attention: Attention::Naive, precision: Precision::Bf16, ..Default::default() }
+        );
         assert_eq!(c.model, ModelConfig::default());
         let same = r#"{"model": {"attention": "naive"}, "runtime": {"attention": "naive"}}"#;
         assert_eq!(Config::from_json(same).unwrap().runtime.attention, Attention::Naive);

@@ -11,10 +11,12 @@ pub enum Precision {
     /// float32 throughout, as the original.
     #[default]
     Fp32,
-    /// Mixed precision, as `torch.autocast(dtype=torch.bfloat16)` arranges it: the matrix
-    /// products and attention in bfloat16; layer norms, softmax, modulation, the residual
-    /// stream, the loss, the optimiser and the weights themselves in float32. Meant for CUDA;
-    /// on a CPU with AVX-512 BF16 it measured 1.2–1.6× faster than fp32.
+    /// Mixed precision: the blocks' token products and attention in bfloat16; layer norms,
+    /// softmax, the residual stream, the loss, the optimiser and the weights themselves in
+    /// float32, as under `torch.autocast(dtype=torch.bfloat16)`. Unlike autocast, the
+    /// modulation's linear (on the (B, E) conditioning) stays float32: it is cheap, and its
+    /// scales multiply every token. Meant for CUDA; on a CPU with AVX-512 BF16 it measured
+    /// 1.2–1.6× faster than fp32.
     Bf16,
 }
 
@@ -31,6 +33,19 @@ pub enum Attention {
     /// The original's explicit softmax(q·kᵀ / sqrt(L))·v, which materialises (B, H, L, L).
     Naive,
 }
+/// What the backward pass recomputes instead of keeping (not part of the weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationCheckpointing {
+    /// Keep every activation until the backward pass (the original's).
+    #[default]
+    None,
+    /// Keep only each DiT block's input and recompute the block in the backward pass
+    /// (`crate::model::checkpointing`): activation memory of about one block, for one more
+    /// forward pass of the blocks.
+    Blocks,
+}
+
 /// The architecture: the arguments of the original's `DIT(...)` constructor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -117,4 +132,6 @@ pub struct RuntimeConfig {
     pub attention: Attention,
     /// `fp32` (the original's) or `bf16` mixed precision.
     pub precision: Precision,
+    /// `none` (the original's) or `blocks`: recompute each block in the backward pass.
+    pub activation_checkpointing: ActivationCheckpointing,
 }

@@ -10,8 +10,12 @@ use serde::{Deserialize, Serialize};
 pub struct TrainConfig {
     /// Number of passes over the data.
     pub epoch: i64,
-    /// Images per optimisation step.
+    /// Images per forward pass (a micro-batch when `grad_accum_steps` > 1; per process in a
+    /// data-parallel run).
     pub batch_size: i64,
+    /// Micro-batches of `batch_size` whose gradients one optimizer step adds up (gradient
+    /// accumulation): a step sees `grad_accum_steps × batch_size` images; 1 is the original's.
+    pub grad_accum_steps: i64,
     /// Adam learning rate (peak value when a schedule is used).
     pub lr: f64,
     /// Threads that decode images in the background.
@@ -151,6 +155,7 @@ impl Default for TrainConfig {
         Self {
             epoch: 10000,
             batch_size: 6,
+            grad_accum_steps: 1,
             lr: 1e-6,
             num_workers: 10,
             data_path: "data/Pandas".into(),
@@ -175,9 +180,19 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Images of one optimizer step on one process: `batch_size × grad_accum_steps`.
+    pub fn step_images(&self) -> i64 {
+        self.batch_size * self.grad_accum_steps
+    }
+
     pub fn validate(&self) -> Result<()> {
         ensure!(self.epoch > 0, "train.epoch must be a positive integer, got {}", self.epoch);
         ensure!(self.batch_size > 0, "train.batch_size must be a positive integer, got {}", self.batch_size);
+        ensure!(
+            self.grad_accum_steps > 0,
+            "train.grad_accum_steps must be a positive integer (1 = no accumulation), got {}",
+            self.grad_accum_steps
+        );
         ensure!(self.lr > 0.0 && self.lr.is_finite(), "train.lr must be a positive number, got {}", self.lr);
         ensure!(
             self.num_workers > 0,

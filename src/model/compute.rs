@@ -1,10 +1,10 @@
-//! How a [`super::Dit`] computes, kept apart from what its weights are: the attention kernel
-//! and the arithmetic of the products, resolved once from `runtime` in the config for a device
+//! How a [`super::Dit`] computes, kept apart from what its weights are: the attention kernel,
+//! the arithmetic of the products and what training recomputes, resolved once from `runtime` in the config for a device
 //! and a token count. Neither changes the parameters, so any checkpoint runs under any choice.
 
 use tch::{Device, Kind};
 
-use crate::config::{Attention, Precision, RuntimeConfig};
+use crate::config::{ActivationCheckpointing, Attention, Precision, RuntimeConfig};
 
 /// From this many tokens on, `attention: auto` uses the fused kernel on the CPU too (measured:
 /// at 64 tokens the explicit form trains about 10% faster, at 4096 the fused one about 4×).
@@ -25,6 +25,9 @@ pub struct Compute {
     pub kernel: Kernel,
     /// Kind of the matrix products and attention: float32, or bfloat16 for mixed precision.
     pub dtype: Kind,
+    /// Training recomputes each block in the backward pass instead of keeping its
+    /// activations (`super::checkpointing`).
+    pub checkpoint_blocks: bool,
 }
 
 impl Compute {
@@ -40,6 +43,7 @@ impl Compute {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
         };
-        Self { kernel, dtype }
+        let checkpoint_blocks = runtime.activation_checkpointing == ActivationCheckpointing::Blocks;
+        Self { kernel, dtype, checkpoint_blocks }
     }
 }

@@ -86,8 +86,23 @@ impl Dit {
 
     /// x (B, C, I, I) float, y (B) int64 labels, t (B) int64 steps → predicted noise (B, C, I, I).
     pub fn forward(&self, x: &Tensor, y: &Tensor, t: &Tensor) -> Tensor {
+        let (mut x, cond) = self.stem(x, y, t);
+        for block in &self.model_list {
+            x = block.forward(&x, &cond, &self.compute); // (B, L, E)
+        }
+        self.head(&x)
+    }
+
+    /// The blocks, in order.
+    pub(super) fn blocks(&self) -> &[DiTBlock] {
+        &self.model_list
+    }
+
+    /// Everything before the blocks: the tokens (B, L, E) of x (B, C, I, I) and the
+    /// conditioning (B, E) of labels y and steps t.
+    pub(super) fn stem(&self, x: &Tensor, y: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
         let b = x.size()[0];
-        let (c, p, pp) = (self.cfg.channel, self.cfg.patch_size, self.cfg.patches_per_side());
+        let (c, p) = (self.cfg.channel, self.cfg.patch_size);
         let l = self.cfg.tokens();
 
         let t_emb = self.time_emb.forward(t); // (B, E)
@@ -96,11 +111,14 @@ impl Dit {
 
         let x = self.conv.forward(x); // (B, C·p², P, P)
         let x = x.permute([0, 2, 3, 1]).reshape([b, l, c * p * p]); // (B, L, C·p²), row-major patches
-        let mut x = self.patch_emb.forward(&x) + &self.position_emb; // (B, L, E)
-        for block in &self.model_list {
-            x = block.forward(&x, &cond, &self.compute); // (B, L, E)
-        }
-        let x = cast(&linear(&self.linear, &cast(&self.ln.forward(&x), self.compute.dtype)), Kind::Float); // (B, L, C·p²)
+        (self.patch_emb.forward(&x) + &self.position_emb, cond) // (B, L, E)
+    }
+
+    /// Everything after the blocks: their output (B, L, E) → predicted noise (B, C, I, I).
+    pub(super) fn head(&self, x: &Tensor) -> Tensor {
+        let b = x.size()[0];
+        let (c, p, pp) = (self.cfg.channel, self.cfg.patch_size, self.cfg.patches_per_side());
+        let x = cast(&linear(&self.linear, &cast(&self.ln.forward(x), self.compute.dtype)), Kind::Float); // (B, L, C·p²)
 
         // Unpatchify as the original writes it: channel fastest within a patch, then
         // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.

@@ -132,11 +132,10 @@ fn run_epoch(
         let lr = optim::learning_rate(&tr.config().train, tr.meta.step, total_steps);
         let (out, stop_now) = match pg {
             Some(pg) => {
-                let step =
-                    guarded_step(tr, &batch, |tr| tr.step_shard(&batch, pg, stop.load(Ordering::SeqCst)))?;
+                let step = guarded_step(tr, |tr| tr.step_shard(&batch, pg, stop.load(Ordering::SeqCst)))?;
                 (step.out, step.stop)
             }
-            None => (guarded_step(tr, &batch, |tr| Ok(tr.step(&batch.images, &batch.labels)))?, false),
+            None => (guarded_step(tr, |tr| Ok(tr.step(&batch.images, &batch.labels)))?, false),
         };
         let loss = out.loss.double_value(&[]);
         if let Some(loss) = apply_or_skip(tr, &out, loss, lr)? {
@@ -179,11 +178,7 @@ fn run_epoch(
 /// The step, with a device that runs out of memory turned into an error that names the batch
 /// size (libtorch reports it as a panic inside tch). Nothing is saved, so the last checkpoint
 /// stays as it was.
-fn guarded_step<T>(
-    tr: &mut Trainer,
-    batch: &Batch,
-    step: impl FnOnce(&mut Trainer) -> Result<T>,
-) -> Result<T> {
+fn guarded_step<T>(tr: &mut Trainer, step: impl FnOnce(&mut Trainer) -> Result<T>) -> Result<T> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&mut *tr)));
     result.map_err(|payload| {
         let text = payload.downcast_ref::<String>().map_or("", String::as_str);
@@ -196,9 +191,11 @@ fn guarded_step<T>(
                 "nothing was saved".to_string()
             };
             anyhow::anyhow!(
-                "the {:?} device ran out of memory for train.batch_size {}{} at step {}; lower train.batch_size or use --precision bf16 ({kept})",
+                "the {:?} device ran out of memory for train.batch_size {}{} at step {}; lower train.batch_size \
+                 (raise train.grad_accum_steps to keep the step's size), set runtime.activation_checkpointing \
+                 to blocks, or use --precision bf16 ({kept})",
                 tr.device(),
-                batch.images.size()[0],
+                tr.config().train.batch_size,
                 if asked.is_empty() { String::new() } else { format!(" (asked for {asked} more)") },
                 tr.meta.step,
             )

@@ -75,9 +75,10 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         cfg.model.label_num
     );
     let t = &cfg.train;
-    let mut loader =
-        Loader::new(dataset.clone(), t.batch_size as usize, t.num_workers as usize, t.cache_images)?;
     let world_size = pg.as_ref().map_or(1, ProcessGroup::world_size);
+    check_step_size(t, world_size, dataset.len())?;
+    let mut loader =
+        Loader::new(dataset.clone(), t.step_images() as usize, t.num_workers as usize, t.cache_images)?;
     if let Some(pg) = &pg {
         loader = loader.sharded(Shard { rank: pg.rank(), world: world_size })?;
     }
@@ -112,6 +113,22 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     epoch::train_epochs(&mut tr, opts, &loader, pg.as_ref(), probe.as_ref())
 }
 
+/// With gradient accumulation, one optimizer step must fit in the data: a step of
+/// `grad_accum_steps × batch_size × world_size` images larger than the data set would repeat
+/// nothing and only mean that the settings are wrong.
+fn check_step_size(t: &crate::config::TrainConfig, world_size: usize, images: usize) -> Result<()> {
+    let step = t.step_images() as usize * world_size;
+    let processes = if world_size > 1 { format!(" × {world_size} processes") } else { String::new() };
+    ensure!(
+        t.grad_accum_steps == 1 || step <= images,
+        "train.grad_accum_steps {} × train.batch_size {}{processes} = {step} images per optimizer step, more than \
+         the {images} images of the data; lower train.grad_accum_steps",
+        t.grad_accum_steps,
+        t.batch_size
+    );
+    Ok(())
+}
+
 /// The training device, and the process group when torchrun started more than one process:
 /// Gloo on the CPU, NCCL on `cuda:LOCAL_RANK`.
 fn join(opts: &RunOptions) -> Result<(Device, Option<ProcessGroup>)> {
@@ -137,12 +154,14 @@ fn describe(tr: &Trainer, dataset: &Dataset, world_size: usize) {
         tr.device,
         tr.meta.seed
     );
+    let t = &tr.config().train;
+    let (b, k) = (t.batch_size, t.grad_accum_steps);
+    let per_process = if k > 1 { format!("{k} micro-batches of {b}") } else { format!("batch {b}") };
+    let step = t.step_images() * world_size as i64;
     if world_size > 1 {
-        let b = tr.config().train.batch_size;
-        println!(
-            "data parallel: {world_size} processes × batch {b} = {} images per step",
-            b * world_size as i64
-        );
+        println!("data parallel: {world_size} processes × {per_process} = {step} images per step");
+    } else if k > 1 {
+        println!("gradient accumulation: {per_process} = {step} images per step");
     }
     if dataset.class_names().len() > 1 {
         println!("classes (label order): {}", dataset.class_names().join(", "));

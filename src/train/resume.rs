@@ -119,7 +119,7 @@ pub(super) fn start(
     if let Some(st) = &resumed {
         state::check_against(&state_path, st, &tr.shapes())?;
         tr.restore(st);
-        let global_batch = tr.config().train.batch_size * world_size;
+        let global_batch = tr.config().train.step_images() * world_size;
         tr.meta.batch_in_epoch = match &change {
             DataChange::Same => position_in_epoch(st, global_batch, verbose),
             DataChange::Changed(_) => 0,
@@ -181,13 +181,14 @@ fn schedule_steps(cfg: &Config, saved: Option<&TrainMeta>, steps_per_epoch: i64,
 }
 
 /// The batches of the current epoch already done, in batches of `global_batch` images: the
-/// saved count when the batch is the saved run's (batch size × processes), else converted
+/// saved count when the batch is the saved run's (batch size × accumulated micro-batches ×
+/// processes), else converted
 /// through the images done. When those are not a whole number of new batches, the epoch goes
 /// on from the last batch boundary before them, so a few images are seen twice this epoch
 /// (said when `verbose`).
 fn position_in_epoch(st: &TrainState, global_batch: i64, verbose: bool) -> i64 {
     let m = &st.meta;
-    let saved_batch = m.config.train.batch_size * m.world_size;
+    let saved_batch = m.config.train.step_images() * m.world_size;
     if saved_batch == global_batch {
         return m.batch_in_epoch;
     }

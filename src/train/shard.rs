@@ -68,11 +68,9 @@ impl Trainer {
         let (loss_sum, prediction) = if batch.is_empty() {
             (Tensor::zeros([], (Kind::Float, device)), Tensor::zeros([0], (Kind::Float, device)))
         } else {
-            let (loss, pred) = self.slice_loss(&batch.images, &batch.labels, &draws);
-            // Σ over this rank's images of each image's mean |ε − prediction|.
-            let loss_sum = loss * batch.len() as f64;
-            loss_sum.backward();
-            (loss_sum.detach().to_kind(Kind::Float), pred.detach())
+            // Weight n_k: the gradients of Σ over this rank's images of each image's mean
+            // |ε − prediction|, in micro-batches when train.grad_accum_steps > 1.
+            self.accumulate(&batch.images, &batch.labels, &draws, |k| k as f64)
         };
         ensure_grads(&self.params);
         let mine = [

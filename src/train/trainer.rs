@@ -15,6 +15,7 @@ use crate::checkpoint::{self, state, state::TrainMeta};
 use crate::config::{Config, LabelInit};
 use crate::data;
 use crate::diffusion::Schedule;
+use crate::model::TrainingForward;
 use crate::optim::{self, Adam, Ema};
 use crate::rng::step_seed;
 use crate::Dit;
@@ -130,18 +131,60 @@ impl Trainer {
     /// [`Trainer::step`] with given draws (on the training device).
     pub fn step_with(&mut self, images: &Tensor, labels: &Tensor, draws: &Draws) -> StepOutput {
         optim::zero_grad(&self.params);
-        let (loss, pred) = self.slice_loss(images, labels, draws);
-        loss.backward();
+        let n = images.size()[0];
+        let (loss, prediction) = self.accumulate(images, labels, draws, |k| k as f64 / n as f64);
         let grad_norm = optim::clip_grad_norm(&self.params, self.config().train.grad_clip);
-        StepOutput { loss, prediction: pred.detach(), noise: draws.noise.shallow_clone(), grad_norm }
+        StepOutput { loss, prediction, noise: draws.noise.shallow_clone(), grad_norm }
     }
 
-    /// The loss of a slice of a step's batch, to back-propagate: `images` (B, C, I, I) u8 and
-    /// `labels` (B) are the slice's, `draws` their rows of the step's draws. x0 = image·2 − 1,
-    /// x_t by DDPM eq. 4, the dropped labels replaced by the "no label" row, and the mean
-    /// absolute error between ε and the prediction over the slice's values; returns it and
-    /// the prediction. Every path that trains (one process, data-parallel ranks) calls this.
-    pub(super) fn slice_loss(&self, images: &Tensor, labels: &Tensor, draws: &Draws) -> (Tensor, Tensor) {
+    /// Forward and backward of the images of one optimizer step (`images` (N, C, I, I) u8,
+    /// `labels` (N), their rows of the step's `draws`) in micro-batches of `train.batch_size`
+    /// images (the last may be shorter): the mean loss of micro-batch k, of n_k images, is
+    /// back-propagated with the weight `weight(n_k)`, and the gradients add up (gradient
+    /// accumulation). Returns Σ_k weight(n_k) · loss_k (detached) and the predictions.
+    ///
+    /// With `weight(n) = n / N` the gradients are those of the mean over the N images, as one
+    /// batch of N computes them; with one micro-batch that weight is exactly 1.
+    pub(super) fn accumulate(
+        &self,
+        images: &Tensor,
+        labels: &Tensor,
+        draws: &Draws,
+        weight: impl Fn(i64) -> f64,
+    ) -> (Tensor, Tensor) {
+        let n = images.size()[0];
+        let micro = self.config().train.batch_size;
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let mut predictions = Vec::new();
+        for start in (0..n).step_by(micro as usize) {
+            let len = micro.min(n - start);
+            let rows = |t: &Tensor| t.narrow(0, start, len);
+            let slice =
+                Draws { t: rows(&draws.t), noise: rows(&draws.noise), drop: draws.drop.as_ref().map(rows) };
+            let (loss, forward) = self.slice_loss(&rows(images), &rows(labels), &slice);
+            let w = weight(len);
+            total += loss.detach() * w;
+            predictions.push(forward.output.detach());
+            let root = if w == 1.0 { loss } else { loss * w };
+            forward.backward(&self.model, &root);
+        }
+        let prediction =
+            if predictions.len() == 1 { predictions.remove(0) } else { Tensor::cat(&predictions, 0) };
+        (total, prediction)
+    }
+
+    /// The loss of a slice of a step's batch, to back-propagate through the returned forward
+    /// pass: `images` (B, C, I, I) u8 and `labels` (B) are the slice's, `draws` their rows of
+    /// the step's draws. x0 = image·2 − 1, x_t by DDPM eq. 4, the dropped labels replaced by
+    /// the "no label" row, and the mean absolute error between ε and the prediction over the
+    /// slice's values. Every path that trains (one process, data-parallel ranks, each
+    /// micro-batch) calls this.
+    pub(super) fn slice_loss(
+        &self,
+        images: &Tensor,
+        labels: &Tensor,
+        draws: &Draws,
+    ) -> (Tensor, TrainingForward) {
         let x0 = data::to_model_range(&images.to_device(self.device)); // (B, C, I, I)
         let xt = self.schedule.noised(&x0, &draws.t, &draws.noise);
         let labels = labels.to_device(self.device);
@@ -149,8 +192,8 @@ impl Trainer {
             Some(drop) => labels.masked_fill(drop, self.config().model.label_num),
             None => labels,
         };
-        let pred = self.model.forward(&xt, &labels, &draws.t);
-        (pred.l1_loss(&draws.noise, tch::Reduction::Mean), pred)
+        let forward = self.model.forward_for_training(&xt, &labels, &draws.t);
+        (forward.output.l1_loss(&draws.noise, tch::Reduction::Mean), forward)
     }
 
     /// Adam at learning rate `lr`, then the EMA.
