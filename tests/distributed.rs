@@ -308,9 +308,14 @@ const DP_CONFIG: &str = r#"{
 }"#;
 
 fn dp_dir() -> tempfile::TempDir {
+    dp_dir_of(10)
+}
+
+/// The data-parallel setting with `n` images.
+fn dp_dir_of(n: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();
-    for i in 0..10u32 {
+    for i in 0..n {
         let img = image::RgbImage::from_fn(16, 16, |x, y| {
             image::Rgb([(x * 16 + i * 7) as u8, (y * 16 + i * 13) as u8, ((x + y) * 8 + i * 29) as u8])
         });
@@ -404,6 +409,19 @@ fn two_processes_train_as_one_with_twice_the_batch() {
     let (one, two) = (state(d, "one"), state(d, "two"));
     assert_eq!((two.meta.step, two.meta.epoch, two.meta.world_size), (4, 2, 2));
     assert_eq!((one.meta.step, one.meta.epoch, one.meta.world_size), (4, 2, 1));
+    assert_close(&one, &two);
+}
+
+#[test]
+fn two_processes_of_two_micro_batches_of_4_train_as_one_batch_of_16() {
+    // 20 images: per epoch a step of 16 and a short one of 4 (on rank 0 alone); 2 epochs.
+    let dir = dp_dir_of(20);
+    let d = dir.path();
+    train_one(d, "one", &["--batch-size", "16"]);
+    let out = train_two(d, "two", &["--grad-accum-steps", "2"]);
+    assert!(out.contains("data parallel: 2 processes × 2 micro-batches of 4 = 16 images per step"), "{out}");
+    let (one, two) = (state(d, "one"), state(d, "two"));
+    assert_eq!((two.meta.step, two.meta.epoch), (4, 2));
     assert_close(&one, &two);
 }
 

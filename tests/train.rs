@@ -179,6 +179,123 @@ fn resuming_on_other_classes_is_refused_unless_declared_and_a_grown_class_restar
     assert_eq!((meta.step, meta.batch_in_epoch), (3, 1));
 }
 
+/// Writes `n` of the built-in pandas (from index 0) as 16×16 PNGs into `dir/imgs`.
+fn flat_folder(dir: &Path, n: usize) {
+    let folder = dir.join("imgs");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..n {
+        let px = dit::data::render_panda(i, 16);
+        image::RgbImage::from_raw(16, 16, px).unwrap().save(folder.join(format!("{i:02}.png"))).unwrap();
+    }
+}
+
+/// Weights, EMA and Adam's moments agree within `limit` relative (per tensor), leaving out
+/// the attention key bias, whose exact gradient is zero (softmax ignores a shift of all the
+/// logits of a row): what a step computes for it is rounding noise, which Adam's normalisation
+/// turns into full-size updates whenever two runs round differently.
+fn assert_close_states(a: &Path, b: &Path, limit: f64) {
+    let (a, b) = (dit::checkpoint::state::load(a).unwrap(), dit::checkpoint::state::load(b).unwrap());
+    assert_eq!((a.meta.step, a.meta.epoch), (b.meta.step, b.meta.epoch));
+    for g in dit::checkpoint::state::GROUPS {
+        for (name, t) in a.group(g).unwrap() {
+            if name.ends_with("k_emb.bias") {
+                continue;
+            }
+            let d = rel_diff(t, &b.group(g).unwrap()[name]);
+            assert!(d <= limit, "{g}.{name}: relative difference {d:e} > {limit:e}");
+        }
+    }
+}
+
+#[test]
+fn four_micro_batches_of_8_train_as_one_batch_of_32() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 40 images: each epoch is a step of 32 and a short one of 8 (one micro-batch).
+    flat_folder(d, 40);
+    let common = ["--data", "imgs", "--epochs", "2", "--preview-every", "0"];
+    train(
+        d,
+        &[&common[..], &["--batch-size", "32", "--checkpoint", "one/w.safetensors", "--logdir", "one/l"]]
+            .concat(),
+    );
+    let out = train(
+        d,
+        &[
+            &common[..],
+            &[
+                "--batch-size",
+                "8",
+                "--grad-accum-steps",
+                "4",
+                "--checkpoint",
+                "acc/w.safetensors",
+                "--logdir",
+                "acc/l",
+            ],
+        ]
+        .concat(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("gradient accumulation: 4 micro-batches of 8 = 32 images per step"), "{stdout}");
+    let state = |run: &str| d.join(format!("{run}/w.safetensors.state.safetensors"));
+    assert_eq!(dit::checkpoint::state::load(&state("acc")).unwrap().meta.step, 4);
+    assert_close_states(&state("one"), &state("acc"), 1e-5);
+}
+
+#[test]
+fn accumulated_runs_resume_bit_for_bit_at_step_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    flat_folder(d, 40);
+    let common = [
+        "--data",
+        "imgs",
+        "--epochs",
+        "2",
+        "--preview-every",
+        "0",
+        "--batch-size",
+        "8",
+        "--grad-accum-steps",
+        "3",
+    ];
+    let run = |name: &str, extra: &[&str]| {
+        let (checkpoint, logdir) = (format!("{name}/w.safetensors"), format!("{name}/l"));
+        train(d, &[&common[..], &["--checkpoint", &checkpoint, "--logdir", &logdir], extra].concat())
+    };
+    run("straight", &[]);
+    run("resumed", &["--max-steps", "1"]);
+    let out = run("resumed", &["--max-steps", "3"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("at step 1 (epoch 1, batch 1)"));
+    run("resumed", &[]);
+    let state = |run: &str| d.join(format!("{run}/w.safetensors.state.safetensors"));
+    assert_same_state(&state("straight"), &state("resumed"));
+    assert_identical(&d.join("straight/w.safetensors"), &d.join("resumed/w.safetensors"));
+}
+
+#[test]
+fn accumulation_steps_of_zero_or_beyond_the_data_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    flat_folder(d, 16);
+    write_tiny_config(d, "tiny.json", &[TRAIN]);
+    let cfg = d.join("tiny.json");
+    let run = |extra: &[&str]| {
+        let args = [&["--config", p(&cfg), "--device", "cpu", "--data", "imgs", "--logdir", "l"][..], extra]
+            .concat();
+        let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        err
+    };
+    assert!(run(&["--grad-accum-steps", "0"]).contains("train.grad_accum_steps must be a positive integer"));
+    let err = run(&["--grad-accum-steps", "3", "--batch-size", "8"]);
+    assert!(err.contains("train.grad_accum_steps 3 × train.batch_size 8 = 24 images per optimizer step, more than the 16 images"), "{err}");
+    assert!(!d.join("checkpoints/dit_train.ot").exists(), "nothing is saved");
+}
+
 #[test]
 fn full_epochs_log_every_tag_and_previews() {
     let dir = tempfile::tempdir().unwrap();

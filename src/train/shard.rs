@@ -6,7 +6,8 @@
 //! The step is the single-process step of the whole global batch, split: every rank draws the
 //! global batch's t, ε and label dropout after the step's seeding, in the documented order, and
 //! keeps the rows of its own images; it back-propagates the sum of its images' mean absolute
-//! errors, and one all-reduce averages the gradients together with (that sum, its image count,
+//! errors (in micro-batches of `train.batch_size` when `train.grad_accum_steps` > 1, the
+//! gradients added up), and one all-reduce per optimizer step averages the gradients together with (that sum, its image count,
 //! its stop request). Dividing the averaged gradients by the averaged count gives the gradient
 //! of the mean over the global batch, as one process computes it. So 1 process × batch 2b and
 //! 2 processes × b train the same model (up to float rounding), and a short last batch, even a
