@@ -1,7 +1,9 @@
 //! One measurement of the Rust side of `scripts/bench`, printed as a JSON line. Each
 //! measurement runs in its own process so that its peak resident memory is its own.
 //!
-//!   bench train    CONFIG BATCH STEPS   seconds per training step (after one warm-up step)
+//!   bench train    CONFIG BATCH STEPS   seconds per training step (after one warm-up step;
+//!                                       STEPS 0: of the first step), resident memory before
+//!                                       the first forward pass
 //!   bench forward  CONFIG BATCH STEPS   seconds per forward pass without gradients
 //!   bench sample   CONFIG SAMPLER STEPS seconds for a whole DDIM/DDPM sample of one image
 //!   bench loader   CONFIG DATA STEPS    share of the step time spent waiting for data, in the
@@ -23,14 +25,19 @@ use dit::train::Trainer;
 use dit::Config;
 use tch::{Device, Kind, Tensor};
 
-/// Peak resident set size of this process, in bytes (VmHWM).
-fn peak_rss() -> u64 {
+/// A memory field of this process's /proc/self/status, in bytes: `VmHWM` (peak resident set)
+/// or `VmRSS` (resident now).
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+fn peak_rss() -> u64 {
+    status_bytes("VmHWM")
 }
 
 /// `BENCH_DEVICE`: `cpu` (default) or `cuda`.
@@ -81,13 +88,19 @@ fn run_bench() -> Result<()> {
             let images =
                 Tensor::randint(256, [b, m.channel, m.img_size, m.img_size], (Kind::Uint8, Device::Cpu));
             let labels = Tensor::zeros([b], (Kind::Int64, Device::Cpu));
+            // What the run holds before its first forward pass: libtorch, the weights, Adam,
+            // the EMA and the batch; the peak above it is the step's activations.
+            let before = status_bytes("VmRSS");
+            // STEPS 0 times the first step itself (for settings where a step takes minutes).
+            let first = Instant::now();
             train_step(&mut tr, &images, &labels);
+            let first = first.elapsed().as_secs_f64();
             let start = Instant::now();
             for _ in 0..steps {
                 train_step(&mut tr, &images, &labels);
             }
-            let per = start.elapsed().as_secs_f64() / steps as f64;
-            serde_json::json!({"seconds_per_step": per, "images_per_sec": b as f64 / per})
+            let per = if steps == 0 { first } else { start.elapsed().as_secs_f64() / steps as f64 };
+            serde_json::json!({"seconds_per_step": per, "images_per_sec": b as f64 / per, "rss_before_first_forward_bytes": before})
         }
         "forward" => {
             let b: i64 = args[3].parse()?;
