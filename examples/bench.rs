@@ -36,6 +36,17 @@ fn status_bytes(field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far: a step's cost that
+/// other jobs on the machine do not inflate, unlike its wall time (with OMP_WAIT_POLICY=passive
+/// so that waiting threads do not spin).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes one rusage struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 fn peak_rss() -> u64 {
     status_bytes("VmHWM")
 }
@@ -49,9 +60,14 @@ fn device() -> Result<Device> {
     }
 }
 
-/// The trainer the `train` command would build for `config` (seed 0, nothing on disk).
-fn setup(config: &str) -> Result<Trainer> {
+/// The trainer the `train` command would build for `config` (seed 0, nothing on disk); with
+/// `batch`, that is its `train.batch_size`, so that a step of `batch` images is one forward
+/// pass (the trainer splits a step into micro-batches of `train.batch_size`).
+fn setup(config: &str, batch: Option<i64>) -> Result<Trainer> {
     let mut cfg = Config::load(config)?;
+    if let Some(b) = batch {
+        cfg.train.batch_size = b;
+    }
     if let Ok(p) = std::env::var("BENCH_PRECISION") {
         cfg.runtime.precision = <dit::config::Precision as clap::ValueEnum>::from_str(&p, true)
             .map_err(|e| anyhow::anyhow!("BENCH_PRECISION={p}: {e}"))?;
@@ -76,7 +92,13 @@ fn main() -> std::process::ExitCode {
 fn run_bench() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).context("usage: bench train|forward|sample|loader CONFIG ARG STEPS")?.clone();
-    let mut tr = setup(&args[2])?;
+    let batch = match what.as_str() {
+        "train" => Some(
+            args.get(3).context("usage: bench train CONFIG BATCH STEPS")?.parse::<i64>().context("BATCH")?,
+        ),
+        _ => None,
+    };
+    let mut tr = setup(&args[2], batch)?;
     let steps: usize = args[4].parse()?;
     let dev = tr.device();
     let schedule = Schedule::new(&tr.config().diffusion, dev);
@@ -92,15 +114,19 @@ fn run_bench() -> Result<()> {
             // the EMA and the batch; the peak above it is the step's activations.
             let before = status_bytes("VmRSS");
             // STEPS 0 times the first step itself (for settings where a step takes minutes).
-            let first = Instant::now();
+            let (first, first_cpu) = (Instant::now(), cpu_seconds());
             train_step(&mut tr, &images, &labels);
-            let first = first.elapsed().as_secs_f64();
-            let start = Instant::now();
+            let (first, first_cpu) = (first.elapsed().as_secs_f64(), cpu_seconds() - first_cpu);
+            let (start, start_cpu) = (Instant::now(), cpu_seconds());
             for _ in 0..steps {
                 train_step(&mut tr, &images, &labels);
             }
-            let per = if steps == 0 { first } else { start.elapsed().as_secs_f64() / steps as f64 };
-            serde_json::json!({"seconds_per_step": per, "images_per_sec": b as f64 / per, "rss_before_first_forward_bytes": before})
+            let (per, cpu) = match steps {
+                0 => (first, first_cpu),
+                n => (start.elapsed().as_secs_f64() / n as f64, (cpu_seconds() - start_cpu) / n as f64),
+            };
+            serde_json::json!({"seconds_per_step": per, "cpu_seconds_per_step": cpu, "images_per_sec": b as f64 / per,
+                               "rss_before_first_forward_bytes": before})
         }
         "forward" => {
             let b: i64 = args[3].parse()?;
