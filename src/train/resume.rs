@@ -182,10 +182,9 @@ fn schedule_steps(cfg: &Config, saved: Option<&TrainMeta>, steps_per_epoch: i64,
 
 /// The batches of the current epoch already done, in batches of `global_batch` images: the
 /// saved count when the batch is the saved run's (batch size × accumulated micro-batches ×
-/// processes), else converted
-/// through the images done. When those are not a whole number of new batches, the epoch goes
-/// on from the last batch boundary before them, so a few images are seen twice this epoch
-/// (said when `verbose`).
+/// processes), else converted through the images done. When those are not a whole number of
+/// new batches, the epoch goes on from the last batch boundary before them, so a few images
+/// are seen twice this epoch (said when `verbose`).
 fn position_in_epoch(st: &TrainState, global_batch: i64, verbose: bool) -> i64 {
     let m = &st.meta;
     let saved_batch = m.config.train.step_images() * m.world_size;

@@ -1,6 +1,8 @@
 //! What one training step changes, and the step itself (docs/ORIGINAL.md §4): x0 = image·2 − 1,
 //! t ~ U{0…T−1}, x_t by DDPM eq. 4, L1 between the noise and the model's prediction, then
-//! global-norm clipping, Adam and the EMA.
+//! global-norm clipping, Adam and the EMA. A step of more images than `train.batch_size` runs
+//! in micro-batches whose gradients add up (`train.grad_accum_steps`), each forward pass
+//! checkpointed when the runtime says so (`crate::model::checkpointing`).
 //!
 //! Every random draw of step s comes from `manual_seed(step_seed(seed, s))`, in the order t
 //! (CPU), ε (the training device, the shape of x0), label dropout (CPU, only when enabled), so a
@@ -121,8 +123,10 @@ impl Trainer {
         Draws { t, noise, drop }
     }
 
-    /// Forward, backward and clipping of one step on `images` (B, C, I, I) u8 and `labels`
-    /// (B); the weights change only in [`Trainer::apply`].
+    /// Forward, backward and clipping of one optimizer step on `images` (N, C, I, I) u8 and
+    /// `labels` (N), in micro-batches of `train.batch_size` images (one forward pass when N is
+    /// at most that; the gradients of all of them add up); the weights change only in
+    /// [`Trainer::apply`].
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> StepOutput {
         let draws = self.draws(images.size()[0]);
         self.step_with(images, labels, &draws)
