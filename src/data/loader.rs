@@ -1,7 +1,10 @@
 //! The [`Loader`]: shuffles a [`Dataset`] into batches in the order fixed by (seed, epoch)
 //! ([`epoch_order`]), decodes them ahead of the trainer on its own rayon pool (a bounded
-//! prefetch of [`PREFETCH_BATCHES`]), and optionally caches every decoded image as `u8` so that
-//! later epochs decode nothing. Files that fail to load are warned about once and skipped.
+//! prefetch of [`PREFETCH_BATCHES`]), and caches decoded images as `u8` within a memory limit
+//! (`budget.rs`) so that later epochs decode them no more. Which images the cache holds is fixed
+//! by the limit alone (the first indices of the data set, as many as fit), and an image reads
+//! the same from the cache as from its file, so the batches, and the training, do not depend
+//! on it. Files that fail to load are warned about once and skipped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +17,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use rayon::prelude::*;
 use tch::Tensor;
 
+use super::budget::human_bytes;
 use super::{Dataset, CHANNELS};
 use crate::rng::epoch_order;
 
@@ -60,7 +64,7 @@ impl Batch {
 struct Shared {
     dataset: Arc<Dataset>,
     pool: rayon::ThreadPool,
-    /// Decoded images, one cell per dataset index; empty when caching is off.
+    /// Decoded images, one cell per dataset index below the cache's capacity.
     cache: Vec<OnceLock<Arc<[u8]>>>,
     /// Images that failed to load once and are skipped from then on.
     failed: Vec<AtomicBool>,
@@ -142,8 +146,12 @@ impl Shared {
     }
 }
 
+/// Bytes a cached image costs besides its pixels: its cell, its reference count and the
+/// allocator's bookkeeping (an upper bound).
+const CACHE_OVERHEAD: u64 = 64;
+
 /// Shuffles a [`Dataset`] into batches and decodes them ahead of the trainer on its own rayon
-/// pool, optionally caching every decoded image so that later epochs decode nothing.
+/// pool, caching as many decoded images as a memory limit allows.
 pub struct Loader {
     shared: Arc<Shared>,
     batch_size: usize,
@@ -162,8 +170,9 @@ pub struct Shard {
 
 impl Loader {
     /// A loader of batches of `batch_size` images decoded by `num_workers` threads (0 counts as
-    /// 1); with `cache`, decoded images are kept in memory (`len × img_size² × 3` bytes).
-    pub fn new(dataset: Arc<Dataset>, batch_size: usize, num_workers: usize, cache: bool) -> Result<Loader> {
+    /// 1), keeping decoded images in memory up to `cache_limit` bytes ([`super::CACHE_ALL`]:
+    /// all of them, `img_size² × 3` bytes each and [`CACHE_OVERHEAD`]; [`super::CACHE_OFF`]: none).
+    pub fn new(dataset: Arc<Dataset>, batch_size: usize, num_workers: usize, cache_limit: u64) -> Result<Loader> {
         ensure!(batch_size > 0, "batch_size must be at least 1");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(num_workers.max(1))
@@ -171,7 +180,8 @@ impl Loader {
             .build()
             .context("starting the data loader's worker threads")?;
         let len = dataset.len();
-        let cache = if cache { (0..len).map(|_| OnceLock::new()).collect() } else { Vec::new() };
+        let capacity = (cache_limit / image_cost(&dataset)).min(len as u64) as usize;
+        let cache = (0..capacity).map(|_| OnceLock::new()).collect();
         let failed = (0..len).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new(Shared { dataset, pool, cache, failed, failed_count: AtomicUsize::new(0) });
         Ok(Loader { shared, batch_size, shard: Shard { rank: 0, world: 1 } })
@@ -186,6 +196,14 @@ impl Loader {
             shard.world
         );
         Ok(Loader { shard, ..self })
+    }
+
+    /// How many images the cache holds once they have been decoded, and what that costs, e.g.
+    /// "300 of 300 images, 57.0 MiB".
+    pub fn cache_summary(&self) -> String {
+        let (held, len) = (self.shared.cache.len(), self.shared.dataset.len());
+        let bytes = held as u64 * image_cost(&self.shared.dataset);
+        format!("{held} of {len} images, {}", human_bytes(bytes))
     }
 
     /// Images per global batch: the batch size times the number of processes.
@@ -221,6 +239,12 @@ impl Loader {
             }
         }
     }
+}
+
+/// Bytes one cached image of `dataset` takes.
+fn image_cost(dataset: &Dataset) -> u64 {
+    let side = dataset.img_size() as u64;
+    side * side * CHANNELS as u64 + CACHE_OVERHEAD
 }
 
 /// The producer thread of one epoch: decodes batch after batch into `sender`. A batch left
