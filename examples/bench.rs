@@ -123,8 +123,12 @@ fn run_bench() -> Result<()> {
         }
         "loader" => {
             let dataset = Arc::new(Dataset::open(&args[3], m.img_size)?);
-            let loader =
-                Loader::new(dataset, cfg.train.batch_size as usize, cfg.train.num_workers as usize, CACHE_ALL)?;
+            let loader = Loader::new(
+                dataset,
+                cfg.train.batch_size as usize,
+                cfg.train.num_workers as usize,
+                CACHE_ALL,
+            )?;
             let mut measure = |epoch: u64, train: bool| -> Result<(f64, usize)> {
                 let (mut wait, mut n) = (Duration::ZERO, 0);
                 let start = Instant::now();

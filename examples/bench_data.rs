@@ -62,7 +62,9 @@ fn list(folder: &str, classes: &str) -> Result<serde_json::Value> {
     };
     let started = Instant::now();
     let data = Dataset::open_as(folder, 256, layout)?;
-    Ok(json!({"files": data.len(), "classes": data.class_names().len(), "seconds": started.elapsed().as_secs_f64()}))
+    Ok(
+        json!({"files": data.len(), "classes": data.class_names().len(), "seconds": started.elapsed().as_secs_f64()}),
+    )
 }
 
 fn main() -> Result<()> {

@@ -33,7 +33,9 @@ fn unreadable_folders_are_named_in_one_warning_each() {
         std::fs::create_dir_all(root.join(folder)).unwrap();
         RgbImage::from_pixel(4, 4, Rgb([1, 2, 3])).save(root.join(folder).join("x.png")).unwrap();
     }
-    let mode = |path: &Path, bits: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(bits)).unwrap();
+    let mode = |path: &Path, bits: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(bits)).unwrap()
+    };
     mode(root, 0o755);
     mode(&root.join("open/locked_inner"), 0o000);
     mode(&root.join("locked"), 0o000);

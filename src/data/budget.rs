@@ -44,7 +44,9 @@ fn budget_from(setting: CacheImages, local_ranks: usize, available: Option<u64>)
     match setting {
         CacheImages::All => CacheBudget { bytes: CACHE_ALL, origin: "all".into() },
         CacheImages::Off => CacheBudget { bytes: CACHE_OFF, origin: "off".into() },
-        CacheImages::Bytes(bytes) => CacheBudget { bytes: bytes / ranks, origin: shared(setting.to_string()) },
+        CacheImages::Bytes(bytes) => {
+            CacheBudget { bytes: bytes / ranks, origin: shared(setting.to_string()) }
+        }
         CacheImages::Auto => match available {
             Some(available) => CacheBudget {
                 bytes: available / AUTO_DIVISOR / ranks,
@@ -63,7 +65,10 @@ pub fn available_memory() -> Option<u64> {
     let cgroup_room = |limit: &str, usage: &str| Some(read(limit)?.saturating_sub(read(usage)?));
     let room = [
         cgroup_room("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        cgroup_room("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+        cgroup_room(
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
     ];
     Some(room.into_iter().flatten().fold(system, u64::min))
 }
@@ -111,7 +116,10 @@ mod tests {
         assert_eq!(cache_budget(CacheImages::All, 4).bytes, CACHE_ALL);
         let auto = budget_from(CacheImages::Auto, 2, Some(8 << 30));
         assert_eq!(auto.bytes, 2 << 30);
-        assert_eq!(auto.origin, "auto: half of the 8.0 GiB available, split between 2 processes on this machine");
+        assert_eq!(
+            auto.origin,
+            "auto: half of the 8.0 GiB available, split between 2 processes on this machine"
+        );
         assert_eq!(budget_from(CacheImages::Auto, 1, None).bytes, CACHE_OFF);
         assert!(available_memory().is_some_and(|bytes| bytes > 0), "Linux has /proc/meminfo");
     }

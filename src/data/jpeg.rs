@@ -56,7 +56,13 @@ pub(super) fn decode(bytes: &[u8], denominator: u32) -> Result<Option<RgbImage>>
         decompressor.set_scaling_factor(factor)?;
         let scaled = header.scaled(factor);
         let (width, height) = (scaled.width, scaled.height);
-        let mut image = Image { pixels: vec![0; 3 * width * height], width, pitch: 3 * width, height, format: PixelFormat::RGB };
+        let mut image = Image {
+            pixels: vec![0; 3 * width * height],
+            width,
+            pitch: 3 * width,
+            height,
+            format: PixelFormat::RGB,
+        };
         decompressor.decompress(bytes, image.as_deref_mut())?;
         let rgb = RgbImage::from_raw(width as u32, height as u32, image.pixels)
             .ok_or_else(|| anyhow!("the JPEG decoder returned a short buffer"))?;

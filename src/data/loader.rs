@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use tch::Tensor;
 
 use super::budget::human_bytes;
+use super::cache::ImageCache;
 use super::{Dataset, CHANNELS};
 use crate::rng::epoch_order;
 
@@ -64,8 +65,8 @@ impl Batch {
 struct Shared {
     dataset: Arc<Dataset>,
     pool: rayon::ThreadPool,
-    /// Decoded images, one cell per dataset index below the cache's capacity.
-    cache: Vec<OnceLock<Arc<[u8]>>>,
+    /// Decoded images, one slot per dataset index below the cache's capacity.
+    cache: ImageCache,
     /// Images that failed to load once and are skipped from then on.
     failed: Vec<AtomicBool>,
     failed_count: AtomicUsize,
@@ -74,20 +75,17 @@ struct Shared {
 impl Shared {
     /// Image `i`, from the cache or decoded; `None` if it fails (warned about once) or failed
     /// before.
-    fn image(&self, i: usize) -> Option<Arc<[u8]>> {
+    fn image(&self, i: usize) -> Option<Vec<u8>> {
         if self.failed[i].load(Ordering::Relaxed) {
             return None;
         }
-        if let Some(hit) = self.cache.get(i).and_then(OnceLock::get) {
-            return Some(hit.clone());
+        if let Some(hit) = self.cache.get(i) {
+            return Some(hit);
         }
         match self.dataset.load(i) {
             Ok(pixels) => {
-                let pixels: Arc<[u8]> = pixels.into();
-                if let Some(cell) = self.cache.get(i) {
-                    // Two epochs decoding the same image at once both succeed; one copy is kept.
-                    let _ = cell.set(pixels.clone());
-                }
+                // Two epochs decoding the same image at once both succeed; one copy is kept.
+                self.cache.put(i, &pixels);
                 Some(pixels)
             }
             Err(err) => {
@@ -112,7 +110,7 @@ impl Shared {
         position: usize,
         stop: &AtomicBool,
     ) -> Batch {
-        let images: Vec<(usize, usize, Arc<[u8]>)> = self.pool.install(|| {
+        let images: Vec<(usize, usize, Vec<u8>)> = self.pool.install(|| {
             indices
                 .par_iter()
                 .enumerate()
@@ -146,10 +144,6 @@ impl Shared {
     }
 }
 
-/// Bytes a cached image costs besides its pixels: its cell, its reference count and the
-/// allocator's bookkeeping (an upper bound).
-const CACHE_OVERHEAD: u64 = 64;
-
 /// Shuffles a [`Dataset`] into batches and decodes them ahead of the trainer on its own rayon
 /// pool, caching as many decoded images as a memory limit allows.
 pub struct Loader {
@@ -171,8 +165,13 @@ pub struct Shard {
 impl Loader {
     /// A loader of batches of `batch_size` images decoded by `num_workers` threads (0 counts as
     /// 1), keeping decoded images in memory up to `cache_limit` bytes ([`super::CACHE_ALL`]:
-    /// all of them, `img_size² × 3` bytes each and [`CACHE_OVERHEAD`]; [`super::CACHE_OFF`]: none).
-    pub fn new(dataset: Arc<Dataset>, batch_size: usize, num_workers: usize, cache_limit: u64) -> Result<Loader> {
+    /// all of them, `img_size² × 3 + 1` bytes each; [`super::CACHE_OFF`]: none).
+    pub fn new(
+        dataset: Arc<Dataset>,
+        batch_size: usize,
+        num_workers: usize,
+        cache_limit: u64,
+    ) -> Result<Loader> {
         ensure!(batch_size > 0, "batch_size must be at least 1");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(num_workers.max(1))
@@ -181,7 +180,7 @@ impl Loader {
             .context("starting the data loader's worker threads")?;
         let len = dataset.len();
         let capacity = (cache_limit / image_cost(&dataset)).min(len as u64) as usize;
-        let cache = (0..capacity).map(|_| OnceLock::new()).collect();
+        let cache = ImageCache::new(capacity, image_bytes(&dataset));
         let failed = (0..len).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new(Shared { dataset, pool, cache, failed, failed_count: AtomicUsize::new(0) });
         Ok(Loader { shared, batch_size, shard: Shard { rank: 0, world: 1 } })
@@ -201,7 +200,7 @@ impl Loader {
     /// How many images the cache holds once they have been decoded, and what that costs, e.g.
     /// "300 of 300 images, 57.0 MiB".
     pub fn cache_summary(&self) -> String {
-        let (held, len) = (self.shared.cache.len(), self.shared.dataset.len());
+        let (held, len) = (self.shared.cache.capacity(), self.shared.dataset.len());
         let bytes = held as u64 * image_cost(&self.shared.dataset);
         format!("{held} of {len} images, {}", human_bytes(bytes))
     }
@@ -241,10 +240,15 @@ impl Loader {
     }
 }
 
+/// Bytes of one image of `dataset`.
+fn image_bytes(dataset: &Dataset) -> usize {
+    let side = dataset.img_size() as usize;
+    side * side * CHANNELS
+}
+
 /// Bytes one cached image of `dataset` takes.
 fn image_cost(dataset: &Dataset) -> u64 {
-    let side = dataset.img_size() as u64;
-    side * side * CHANNELS as u64 + CACHE_OVERHEAD
+    ImageCache::cost_per_image(image_bytes(dataset)) as u64
 }
 
 /// The producer thread of one epoch: decodes batch after batch into `sender`. A batch left

@@ -20,6 +20,7 @@ use crate::config::ClassLayout;
 
 mod budget;
 mod builtin;
+mod cache;
 mod decode;
 mod folder;
 mod jpeg;

@@ -65,7 +65,8 @@ pub(super) fn resample(rgb: &[u8], width: u32, height: u32, window: Window, size
     let options = fir::ResizeOptions::new()
         .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
         .crop(window.left, window.top, window.width, window.height);
-    RESIZER.with_borrow_mut(|resizer| resizer.resize(&src, &mut dst, &options))
+    RESIZER
+        .with_borrow_mut(|resizer| resizer.resize(&src, &mut dst, &options))
         .expect("source and destination are both U8x3 and non-empty");
     dst.into_vec()
 }

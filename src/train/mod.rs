@@ -73,7 +73,8 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let t = &cfg.train;
     let local_ranks = opts.world.as_ref().map_or(1, |w| w.local_world_size);
     let budget = data::cache_budget(t.cache_images, local_ranks);
-    let mut loader = Loader::new(dataset.clone(), t.batch_size as usize, t.num_workers as usize, budget.bytes)?;
+    let mut loader =
+        Loader::new(dataset.clone(), t.batch_size as usize, t.num_workers as usize, budget.bytes)?;
     let world_size = pg.as_ref().map_or(1, ProcessGroup::world_size);
     if let Some(pg) = &pg {
         loader = loader.sharded(Shard { rank: pg.rank(), world: world_size })?;
