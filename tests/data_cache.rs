@@ -25,6 +25,7 @@ fn noise_folder(dir: &Path, n: usize) -> PathBuf {
 
 /// Runs `train` in `dir` with the tiny config plus `overrides`; returns its stdout and its
 /// peak resident set in bytes (the kernel's `ru_maxrss` of exactly that child, from `wait4`).
+#[allow(clippy::zombie_processes)] // the child is reaped by wait4, which also reports its peak
 fn train(dir: &Path, name: &str, overrides: &[&str], extra: &[&str]) -> (String, u64) {
     let cfg = write_tiny_config(dir, &format!("{name}.json"), overrides);
     let checkpoint = dir.join(name).join("w.safetensors");
