@@ -126,6 +126,7 @@ mod tests {
             assert_eq!(parsed.to_string(), text);
             assert_eq!(CacheImages::parse(&parsed.to_string()), Some(parsed));
         }
-        assert_eq!(CacheImages::Bytes(2_000_000_000).to_string(), "2000000000B");
+        assert_eq!(CacheImages::Bytes(2_000_000_000).to_string(), "1953125KiB");
+        assert_eq!(CacheImages::Bytes(1001).to_string(), "1001B");
     }
 }

@@ -84,7 +84,7 @@ mod tests {
         assert_eq!((w.top, w.height), (0.0, 375.0));
         // Portrait, odd remainder: 375×500 at 64 → 64×85, top offset round(10.5) = 10.
         let w = torchvision_window(375, 500, 64);
-        assert_eq!(w.top, 10.0 * 500.0 / 85.0);
+        assert_eq!(w.top, 10.0 * (500.0 / 85.0));
         assert_eq!((w.left, w.width), (0.0, 375.0));
         // A square image is taken whole.
         assert_eq!(torchvision_window(90, 90, 32), Window { left: 0.0, top: 0.0, width: 90.0, height: 90.0 });
