@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use dit::checkpoint::state::TrainMeta;
-use dit::data::{Dataset, Loader};
+use dit::data::{Dataset, Loader, CACHE_ALL};
 use dit::diffusion::Schedule;
 use dit::sampling::{self, SampleOptions, SamplerKind};
 use dit::train::Trainer;
@@ -153,8 +153,12 @@ fn run_bench() -> Result<()> {
         }
         "loader" => {
             let dataset = Arc::new(Dataset::open(&args[3], m.img_size)?);
-            let loader =
-                Loader::new(dataset, cfg.train.batch_size as usize, cfg.train.num_workers as usize, true)?;
+            let loader = Loader::new(
+                dataset,
+                cfg.train.batch_size as usize,
+                cfg.train.num_workers as usize,
+                CACHE_ALL,
+            )?;
             let mut measure = |epoch: u64, train: bool| -> Result<(f64, usize)> {
                 let (mut wait, mut n) = (Duration::ZERO, 0);
                 let start = Instant::now();

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dit::config::ClassLayout;
 use dit::data::{
     render_panda, render_red_panda, Batch, Dataset, Loader, Shard, BUILTIN_LEN, BUILTIN_PANDAS,
-    BUILTIN_PANDAS2,
+    BUILTIN_PANDAS2, CACHE_ALL, CACHE_OFF,
 };
 use dit::rng::epoch_order;
 use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 const SIZE: i64 = 32;
 const IMAGE_BYTES: usize = (SIZE * SIZE * 3) as usize;
@@ -154,7 +155,7 @@ fn photo_folder() -> PathBuf {
 // ---- files ----------------------------------------------------------------------------------
 
 /// Names of the files that must load, and of those that must fail, in `odd_folder`.
-const GOOD: [&str; 9] = [
+const GOOD: [&str; 10] = [
     "one.png",
     "gray.png",
     "rgba.png",
@@ -164,12 +165,13 @@ const GOOD: [&str; 9] = [
     "wide.png",
     "tall.jpeg",
     "liar.png",
+    "lossless.webp",
 ];
-const BAD: [&str; 3] = ["bad.png", "truncated.png", "bomb.png"];
+const BAD: [&str; 4] = ["bad.png", "truncated.png", "bomb.png", "truncated.webp"];
 
 fn odd_folder() -> tempfile::TempDir {
     use image::DynamicImage as D;
-    use image::ImageFormat::{Jpeg, Png};
+    use image::ImageFormat::{Jpeg, Png, WebP};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "one.png", &encode(&D::ImageRgb8(RgbImage::from_pixel(1, 1, Rgb([10, 200, 30]))), Png));
@@ -188,6 +190,9 @@ fn odd_folder() -> tempfile::TempDir {
     let full = encode(&D::ImageRgb8(noise(64, 64)), Png);
     write(d, "truncated.png", &full[..full.len() / 2]);
     write(d, "bomb.png", &bomb_png());
+    let webp = encode(&D::ImageRgb8(thirds(90, 60)), WebP);
+    write(d, "lossless.webp", &webp);
+    write(d, "truncated.webp", &webp[..webp.len() / 2]);
     write(d, "notes.txt", b"not picked up");
     dir
 }
@@ -246,6 +251,11 @@ fn colours_and_centre_crop_survive_decoding() {
     assert!(palette.chunks(3).all(|p| p[1] == 30 && p[0] as u32 + p[2] as u32 >= 225));
     // 16-bit: 40000/65535 ≈ 156 in the blue channel everywhere.
     assert!(load("deep16.png").chunks(3).all(|p| p[2].abs_diff(156) <= 1));
+    // WebP (lossless), 90×60: the centre 60×60 square is ¼ red, ½ green, ¼ blue.
+    let webp = load("lossless.webp");
+    assert_eq!(pixel(&webp, SIZE, SIZE / 2, SIZE / 2), [0, 255, 0]);
+    assert_eq!(pixel(&webp, SIZE, 0, SIZE / 2), [255, 0, 0]);
+    assert_eq!(pixel(&webp, SIZE, SIZE - 1, SIZE / 2), [0, 0, 255]);
 }
 
 #[test]
@@ -264,7 +274,7 @@ fn loader_skips_broken_files_and_covers_every_good_one_once() {
     let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap());
     let good: BTreeSet<usize> =
         (0..data.len()).filter(|&i| GOOD.iter().any(|name| data.path(i).unwrap().ends_with(name))).collect();
-    let loader = Loader::new(data.clone(), 4, 2, true).unwrap();
+    let loader = Loader::new(data.clone(), 4, 2, CACHE_ALL).unwrap();
     for epoch in 0..2 {
         let batches = collect(loader.epoch(7, epoch, 0));
         let seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
@@ -287,7 +297,7 @@ fn an_epoch_of_only_broken_files_is_an_error() {
         write(dir.path(), &format!("broken_{i}.png"), b"garbage");
     }
     let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap());
-    let loader = Loader::new(data, 2, 2, false).unwrap();
+    let loader = Loader::new(data, 2, 2, CACHE_OFF).unwrap();
     let results: Vec<_> = loader.epoch(0, 0, 0).collect();
     assert_eq!(results.len(), 1);
     let err = results.into_iter().next().unwrap().err().unwrap();
@@ -298,7 +308,7 @@ fn an_epoch_of_only_broken_files_is_an_error() {
 fn batch_tensors_hold_the_loaded_pixels_channels_first() {
     let dir = odd_folder();
     let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), SIZE).unwrap());
-    let loader = Loader::new(data.clone(), 3, 2, false).unwrap();
+    let loader = Loader::new(data.clone(), 3, 2, CACHE_OFF).unwrap();
     let batch = loader.epoch(1, 0, 0).next().unwrap().unwrap();
     for (k, &i) in batch.indices.iter().enumerate() {
         let hwc = batch.images.get(k as i64).permute([1, 2, 0]).contiguous();
@@ -316,13 +326,68 @@ fn real_photo_set_loads_entirely() {
     let data = Arc::new(Dataset::open(folder.to_str().unwrap(), SIZE).unwrap());
     assert_eq!(data.len(), 300, "{}", data.describe());
     assert!(data.describe().starts_with("300 images in "), "{}", data.describe());
-    let loader = Loader::new(data.clone(), 32, 2, false).unwrap();
+    let loader = Loader::new(data.clone(), 32, 2, CACHE_OFF).unwrap();
     assert_eq!(loader.batches_per_epoch(), 10);
     let batches = collect(loader.epoch(0, 0, 0));
     let sizes: Vec<usize> = batches.iter().map(Batch::len).collect();
     assert_eq!(sizes, [32, 32, 32, 32, 32, 32, 32, 32, 32, 12], "no photo may fail");
     let seen: BTreeSet<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
     assert_eq!(seen.len(), 300);
+}
+
+/// Runs `tests/python/data_reference.py` with the venv's Python (a missing venv fails the test).
+fn data_reference(args: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/python/data_reference.py"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("cannot start the Python reference");
+    assert!(out.status.success(), "data_reference.py {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Mean absolute difference (0–255 scale) of each image of `folder` at `size`, between this
+/// loader and torchvision's `Resize(size, antialias=True) + CenterCrop(size)`.
+fn differences_from_torchvision(folder: &Path, size: i64) -> Vec<f64> {
+    let out = tempfile::tempdir().unwrap();
+    let reference = out.path().join("reference.safetensors");
+    data_reference(&["resize", folder.to_str().unwrap(), &size.to_string(), reference.to_str().unwrap()]);
+    let images = Tensor::read_safetensors(&reference).unwrap().remove(0).1;
+    let data = Dataset::open(folder.to_str().unwrap(), size).unwrap();
+    assert_eq!(images.size(), [data.len() as i64, size, size, 3]);
+    (0..data.len())
+        .map(|i| {
+            let ours = Tensor::from_slice(&data.load(i).unwrap()).view([size, size, 3]);
+            (ours.to_kind(Kind::Float) - images.get(i as i64).to_kind(Kind::Float))
+                .abs()
+                .mean(Kind::Float)
+                .double_value(&[])
+        })
+        .collect()
+}
+
+#[test]
+#[cfg_attr(not(dit_photos), ignore = "the shared photo set is not on this machine")]
+fn decoding_means_what_torchvision_resize_and_center_crop_mean() {
+    let camera = tempfile::tempdir().unwrap();
+    data_reference(&["large", photo_folder().to_str().unwrap(), camera.path().to_str().unwrap(), "3"]);
+    // 256: the photos are resized as decoded; 64: most are first shrunk by 1/2 in the JPEG
+    // decoder; the 4000×3000 photos at 256 by 1/4.
+    for (folder, size) in [(photo_folder(), 256), (photo_folder(), 64), (camera.path().to_path_buf(), 256)] {
+        let diffs = differences_from_torchvision(&folder, size);
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let worst = diffs.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "{} at {size}: {} images, mean |Δ| {mean:.3}/255, worst image {worst:.3}/255",
+            folder.display(),
+            diffs.len()
+        );
+        assert!(mean <= 2.0, "{} at {size}: mean difference {mean:.3}/255", folder.display());
+        assert!(worst <= 4.0, "{} at {size}: an image differs by {worst:.3}/255", folder.display());
+    }
 }
 
 // ---- order ----------------------------------------------------------------------------------
@@ -343,7 +408,7 @@ fn epoch_order_is_a_permutation_fixed_by_seed_and_epoch() {
 fn epochs_are_deterministic_keep_the_last_partial_batch_and_resume_exactly() {
     let dir = numbered_folder(10);
     let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), 8).unwrap());
-    let loader = Loader::new(data, 4, 2, true).unwrap();
+    let loader = Loader::new(data, 4, 2, CACHE_ALL).unwrap();
     assert_eq!(loader.batches_per_epoch(), 3);
     let full = collect(loader.epoch(42, 1, 0));
     assert_eq!(full.iter().map(Batch::len).collect::<Vec<_>>(), [4, 4, 2]);
@@ -362,8 +427,8 @@ fn epochs_are_deterministic_keep_the_last_partial_batch_and_resume_exactly() {
 fn the_cache_serves_later_epochs_without_the_files() {
     let dir = numbered_folder(6);
     let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), 8).unwrap());
-    let cached = Loader::new(data.clone(), 4, 2, true).unwrap();
-    let uncached = Loader::new(data, 4, 2, false).unwrap();
+    let cached = Loader::new(data.clone(), 4, 2, CACHE_ALL).unwrap();
+    let uncached = Loader::new(data, 4, 2, CACHE_OFF).unwrap();
     let first = collect(cached.epoch(0, 0, 0));
     collect(uncached.epoch(0, 0, 0));
     for i in 0..6 {
@@ -379,9 +444,47 @@ fn the_cache_serves_later_epochs_without_the_files() {
 }
 
 #[test]
+fn a_partial_cache_holds_the_first_images_and_changes_no_batch() {
+    let dir = numbered_folder(6);
+    let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), 8).unwrap());
+    // 8×8×3 pixels and a state byte: 193 bytes an image; 600 bytes hold 3.
+    let partial = Loader::new(data.clone(), 4, 2, 600).unwrap();
+    assert_eq!(partial.cache_summary(), "3 of 6 images, 579 B");
+    assert_eq!(Loader::new(data.clone(), 4, 2, CACHE_ALL).unwrap().cache_summary(), "6 of 6 images, 1.1 KiB");
+    assert_eq!(Loader::new(data.clone(), 4, 2, CACHE_OFF).unwrap().cache_summary(), "0 of 6 images, 0 B");
+    let uncached = Loader::new(data, 4, 2, CACHE_OFF).unwrap();
+    let (first, reference) = (collect(partial.epoch(3, 0, 0)), collect(uncached.epoch(3, 0, 0)));
+    assert_eq!(indices(&first), indices(&reference));
+    for (a, b) in first.iter().zip(&reference) {
+        assert!(a.images.equal(&b.images) && a.labels.equal(&b.labels));
+    }
+    for i in 0..6 {
+        std::fs::remove_file(dir.path().join(format!("img_{i:02}.png"))).unwrap();
+    }
+    // With the files gone, exactly the cached images (indices 0, 1, 2) are still served.
+    let served: BTreeSet<usize> =
+        collect(partial.epoch(3, 1, 0)).iter().flat_map(|b| b.indices.clone()).collect();
+    assert_eq!(served, BTreeSet::from([0, 1, 2]));
+}
+
+#[test]
+fn files_that_vanish_after_the_scan_are_skipped_and_the_epoch_goes_on() {
+    let dir = numbered_folder(8);
+    let data = Arc::new(Dataset::open(dir.path().to_str().unwrap(), 8).unwrap());
+    std::fs::remove_file(dir.path().join("img_03.png")).unwrap();
+    std::fs::write(dir.path().join("img_05.png"), b"broken after the scan").unwrap();
+    let loader = Loader::new(data.clone(), 3, 2, CACHE_OFF).unwrap();
+    for epoch in 0..2 {
+        let seen: BTreeSet<usize> =
+            collect(loader.epoch(0, epoch, 0)).iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(seen, BTreeSet::from([0, 1, 2, 4, 6, 7]), "epoch {epoch}");
+    }
+}
+
+#[test]
 fn dropping_an_epoch_midway_returns_promptly() {
     let data = Arc::new(Dataset::open(BUILTIN_PANDAS, 32).unwrap());
-    let loader = Loader::new(data, 8, 2, false).unwrap();
+    let loader = Loader::new(data, 8, 2, CACHE_OFF).unwrap();
     let mut epoch = loader.epoch(0, 0, 0);
     let first = epoch.next().unwrap().unwrap();
     assert_eq!(first.len(), 8);
@@ -395,7 +498,7 @@ fn dropping_an_epoch_midway_returns_promptly() {
 #[test]
 fn zero_batch_size_is_an_error() {
     let data = Arc::new(Dataset::open(BUILTIN_PANDAS, 8).unwrap());
-    assert!(Loader::new(data, 0, 2, false).is_err());
+    assert!(Loader::new(data, 0, 2, CACHE_OFF).is_err());
 }
 
 // ---- folders --------------------------------------------------------------------------------
@@ -451,6 +554,73 @@ fn sub_folders_are_classes() {
     let name = single.path().file_name().unwrap().to_str().unwrap();
     assert_eq!(data.class_names(), [name]);
     assert!(data.describe().ends_with("(1 class)"), "{}", data.describe());
+}
+
+/// A tree with images at several depths, hidden entries, a link back up the tree, a link to
+/// a sibling folder, a broken link, and a non-image file:
+///
+/// ```text
+/// top.png  notes.txt  .hidden/h.png  shard_a/{a0.png, .a1.png, deep/d0.jpg, up -> ..}
+/// shard_b/b0.webp  again -> shard_a  dangling -> nowhere
+/// ```
+fn shard_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let png = |path: PathBuf| RgbImage::from_pixel(4, 4, Rgb([9, 9, 9])).save(path).unwrap();
+    for folder in [".hidden", "shard_a/deep", "shard_b"] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+    }
+    png(root.join("top.png"));
+    png(root.join(".hidden/h.png"));
+    png(root.join("shard_a/a0.png"));
+    png(root.join("shard_a/.a1.png"));
+    RgbImage::from_pixel(4, 4, Rgb([9, 9, 9])).save(root.join("shard_a/deep/d0.jpg")).unwrap();
+    RgbImage::from_pixel(4, 4, Rgb([9, 9, 9])).save(root.join("shard_b/b0.webp")).unwrap();
+    write(root, "notes.txt", b"not an image");
+    std::os::unix::fs::symlink("..", root.join("shard_a/up")).unwrap();
+    std::os::unix::fs::symlink("shard_a", root.join("again")).unwrap();
+    std::os::unix::fs::symlink("nowhere", root.join("dangling")).unwrap();
+    dir
+}
+
+fn relative_paths(data: &Dataset, root: &Path) -> Vec<String> {
+    (0..data.len()).map(|i| data.path(i).unwrap().strip_prefix(root).unwrap().display().to_string()).collect()
+}
+
+#[test]
+fn classes_none_reads_every_image_at_any_depth_once() {
+    let tree = shard_tree();
+    let data = Dataset::open_as(tree.path().to_str().unwrap(), 4, ClassLayout::None).unwrap();
+    // shard_a is read once, through the link "again" that sorts before it; the link back up
+    // ("up") does not loop; hidden entries and the broken link are skipped.
+    assert_eq!(
+        relative_paths(&data, tree.path()),
+        ["again/a0.png", "again/deep/d0.jpg", "shard_b/b0.webp", "top.png"]
+    );
+    assert!((0..data.len()).all(|i| data.label(i) == Some(0)));
+    assert_eq!(data.class_names().len(), 1);
+    assert!(data.scan_warnings().is_empty(), "{:?}", data.scan_warnings());
+    for i in 0..data.len() {
+        assert_eq!(data.load(i).unwrap().len(), 4 * 4 * 3);
+    }
+}
+
+#[test]
+fn classes_folders_take_each_class_folder_at_any_depth() {
+    let tree = shard_tree();
+    // (A link from a class folder up to the root would put the root's images in that class.)
+    std::fs::remove_file(tree.path().join("shard_a/up")).unwrap();
+    let data = Dataset::open_as(tree.path().to_str().unwrap(), 4, ClassLayout::Folders).unwrap();
+    assert_eq!(data.class_names(), ["again", "shard_a", "shard_b"]);
+    let paths = relative_paths(&data, tree.path());
+    let labels: Vec<i64> = (0..data.len()).map(|i| data.label(i).unwrap()).collect();
+    // Each class folder is read on its own, so shard_a's images appear under both names.
+    assert_eq!(
+        paths,
+        ["again/a0.png", "again/deep/d0.jpg", "shard_a/a0.png", "shard_a/deep/d0.jpg", "shard_b/b0.webp"]
+    );
+    assert_eq!(labels, [0, 0, 1, 1, 2]);
+    assert!(data.scan_warnings().iter().any(|w| w.contains("ignoring 1 image file(s) directly in")));
 }
 
 // ---- built-in data sets ---------------------------------------------------------------------
@@ -574,11 +744,13 @@ fn shards_split_each_global_batch_and_take_every_step() {
     // 4096 images in global batches of 3 × 100: 13 full ones, then 196 images, which rank 0
     // and rank 1 share (100 + 96) and rank 2 gets none of, as an empty batch.
     let data = Arc::new(Dataset::open(BUILTIN_PANDAS, 8).unwrap());
-    let whole = collect(Loader::new(data.clone(), 300, 2, false).unwrap().epoch(9, 1, 0));
+    let whole = collect(Loader::new(data.clone(), 300, 2, CACHE_OFF).unwrap().epoch(9, 1, 0));
     let shards: Vec<Vec<Batch>> = (0..3)
         .map(|rank| {
-            let loader =
-                Loader::new(data.clone(), 100, 1, false).unwrap().sharded(Shard { rank, world: 3 }).unwrap();
+            let loader = Loader::new(data.clone(), 100, 1, CACHE_OFF)
+                .unwrap()
+                .sharded(Shard { rank, world: 3 })
+                .unwrap();
             assert_eq!((loader.batches_per_epoch(), loader.global_batch_size()), (14, 300));
             collect(loader.epoch(9, 1, 0))
         })
@@ -599,7 +771,7 @@ fn shards_split_each_global_batch_and_take_every_step() {
     assert_eq!(shards[1][13].len(), 96);
     // Resuming inside the epoch skips global batches.
     let tail = collect(
-        Loader::new(data, 100, 1, false)
+        Loader::new(data, 100, 1, CACHE_OFF)
             .unwrap()
             .sharded(Shard { rank: 1, world: 3 })
             .unwrap()

@@ -168,15 +168,17 @@ fn malformed_configs_are_errors_not_panics() {
 fn malformed_images_and_weight_files_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Valid seeds to mutate: a PNG, a JPEG, and a .pth written by our writer.
+    // Valid seeds to mutate: a PNG, a JPEG, a WebP, and a .pth written by our writer.
     let png_path = d.join("seed.png");
     image::RgbImage::from_raw(16, 16, dit::data::render_panda(0, 16)).unwrap().save(&png_path).unwrap();
     let jpg_path = d.join("seed.jpg");
     image::RgbImage::from_raw(16, 16, dit::data::render_panda(1, 16)).unwrap().save(&jpg_path).unwrap();
+    let webp_path = d.join("seed.webp");
+    image::RgbImage::from_raw(16, 16, dit::data::render_panda(2, 16)).unwrap().save(&webp_path).unwrap();
     let pth_path = d.join("seed.pth");
     let t = tch::Tensor::arange(12, (tch::Kind::Float, tch::Device::Cpu)).view([3, 4]);
     dit::checkpoint::write_tensors(&pth_path, &[("a.weight".to_string(), t)]).unwrap();
-    let seeds = [(png_path, "png"), (jpg_path, "jpg"), (pth_path, "pth")];
+    let seeds = [(png_path, "png"), (jpg_path, "jpg"), (webp_path, "webp"), (pth_path, "pth")];
     let mut rng = SplitMix64(11);
     for (seed, ext) in &seeds {
         let original = std::fs::read(seed).unwrap();

@@ -7,11 +7,13 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
+mod cache;
 mod model;
 mod train;
 
+pub use cache::CacheImages;
 pub use model::{ActivationCheckpointing, Attention, ModelConfig, Precision, RuntimeConfig};
-pub use train::{EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
+pub use train::{ClassLayout, EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
 
 /// The config file commands read when none is named.
 pub const DEFAULT_PATH: &str = "config.json";
@@ -210,6 +212,10 @@ mod tests {
         assert!(err(r#"{"model": {"attention": "slow"}}"#).contains("slow"));
         assert!(err(r#"{"runtime": {"attentoin": "naive"}}"#).contains("attentoin"));
         assert!(err("{not json").contains("line 1"));
+        let budget = err(r#"{"train": {"cache_images": "12XB"}}"#);
+        assert!(budget.contains("train.cache_images") && budget.contains("\"12XB\""), "{budget}");
+        assert!(!budget.contains('\n'), "{budget}");
+        assert!(err(r#"{"train": {"classes": "flat"}}"#).contains("flat"));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
+use super::CacheImages;
+
 /// Training settings; the first six mirror the original's `config.py` and `train.py`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +24,10 @@ pub struct TrainConfig {
     pub num_workers: i64,
     /// Image folder, or `builtin:pandas` for the procedural data set.
     pub data_path: String,
+    /// How the folder's images get their labels: `folders` (sub-folders are classes, as
+    /// torchvision's `ImageFolder`) or `none` (every image below `data_path`, at any depth, is
+    /// label 0: FFHQ, LSUN, sharded sets).
+    pub classes: ClassLayout,
     /// Where the weights are saved each epoch; the extension picks the format
     /// (`.ot`, `.safetensors` or `.pth`).
     pub model_save_path: String,
@@ -45,8 +51,10 @@ pub struct TrainConfig {
     pub schedule_steps: Option<i64>,
     /// Log the `noise_prediction` and `target_noise` histograms every this many steps.
     pub histogram_every: i64,
-    /// Keep decoded images in memory (as u8) so later epochs decode nothing.
-    pub cache_images: bool,
+    /// Memory for keeping decoded images (as u8) so later epochs decode them no more: `auto`
+    /// (a share of the memory available at start), `all`/true, `off`/false, or a size such as
+    /// `"12GiB"`; images past the budget are decoded every epoch.
+    pub cache_images: CacheImages,
     /// Probability of replacing a label by the "no label" row during training (classifier-free
     /// guidance, Ho & Salimans 2022); 0 keeps the original's behaviour and parameter shapes.
     pub cfg_dropout: f64,
@@ -92,6 +100,18 @@ pub enum LrSchedule {
     Constant,
     /// Half a cosine from `lr` down to `min_lr` over the run, after the warm-up.
     Cosine,
+}
+
+/// How a data folder's images are labelled (`train.classes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassLayout {
+    /// Sub-folders holding images are the classes (sorted names → labels 0…K−1), as
+    /// torchvision's `ImageFolder`; a folder without any holds one class.
+    #[default]
+    Folders,
+    /// Every image below the folder, at any depth, has label 0.
+    None,
 }
 
 /// Initialisation of the label table's rows (`train.label_init`).
@@ -159,6 +179,7 @@ impl Default for TrainConfig {
             lr: 1e-6,
             num_workers: 10,
             data_path: "data/Pandas".into(),
+            classes: ClassLayout::Folders,
             model_save_path: "checkpoints/dit_train.ot".into(),
             logdir: "dit_training".into(),
             seed: None,
@@ -169,7 +190,7 @@ impl Default for TrainConfig {
             min_lr: 0.0,
             schedule_steps: None,
             histogram_every: 100,
-            cache_images: true,
+            cache_images: CacheImages::Auto,
             cfg_dropout: 0.0,
             label_init: LabelInit::Independent,
             skip_nonfinite: false,

@@ -1,12 +1,15 @@
 //! The [`Loader`]: shuffles a [`Dataset`] into batches in the order fixed by (seed, epoch)
 //! ([`epoch_order`]), decodes them ahead of the trainer on its own rayon pool (a bounded
-//! prefetch of [`PREFETCH_BATCHES`]), and optionally caches every decoded image as `u8` so that
-//! later epochs decode nothing. Files that fail to load are warned about once and skipped.
+//! prefetch of [`PREFETCH_BATCHES`]), and caches decoded images as `u8` within a memory limit
+//! (`budget.rs`) so that later epochs decode them no more. Which images the cache holds is fixed
+//! by the limit alone (the first indices of the data set, as many as fit), and an image reads
+//! the same from the cache as from its file, so the batches, and the training, do not depend
+//! on it. Files that fail to load are warned about once and skipped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 use rayon::prelude::*;
 use tch::Tensor;
 
+use super::budget::human_bytes;
+use super::cache::ImageCache;
 use super::{Dataset, CHANNELS};
 use crate::rng::epoch_order;
 
@@ -60,8 +65,8 @@ impl Batch {
 struct Shared {
     dataset: Arc<Dataset>,
     pool: rayon::ThreadPool,
-    /// Decoded images, one cell per dataset index; empty when caching is off.
-    cache: Vec<OnceLock<Arc<[u8]>>>,
+    /// Decoded images, one slot per dataset index below the cache's capacity.
+    cache: ImageCache,
     /// Images that failed to load once and are skipped from then on.
     failed: Vec<AtomicBool>,
     failed_count: AtomicUsize,
@@ -70,20 +75,17 @@ struct Shared {
 impl Shared {
     /// Image `i`, from the cache or decoded; `None` if it fails (warned about once) or failed
     /// before.
-    fn image(&self, i: usize) -> Option<Arc<[u8]>> {
+    fn image(&self, i: usize) -> Option<Vec<u8>> {
         if self.failed[i].load(Ordering::Relaxed) {
             return None;
         }
-        if let Some(hit) = self.cache.get(i).and_then(OnceLock::get) {
-            return Some(hit.clone());
+        if let Some(hit) = self.cache.get(i) {
+            return Some(hit);
         }
         match self.dataset.load(i) {
             Ok(pixels) => {
-                let pixels: Arc<[u8]> = pixels.into();
-                if let Some(cell) = self.cache.get(i) {
-                    // Two epochs decoding the same image at once both succeed; one copy is kept.
-                    let _ = cell.set(pixels.clone());
-                }
+                // Two epochs decoding the same image at once both succeed; one copy is kept.
+                self.cache.put(i, &pixels);
                 Some(pixels)
             }
             Err(err) => {
@@ -108,7 +110,7 @@ impl Shared {
         position: usize,
         stop: &AtomicBool,
     ) -> Batch {
-        let images: Vec<(usize, usize, Arc<[u8]>)> = self.pool.install(|| {
+        let images: Vec<(usize, usize, Vec<u8>)> = self.pool.install(|| {
             indices
                 .par_iter()
                 .enumerate()
@@ -143,7 +145,7 @@ impl Shared {
 }
 
 /// Shuffles a [`Dataset`] into batches and decodes them ahead of the trainer on its own rayon
-/// pool, optionally caching every decoded image so that later epochs decode nothing.
+/// pool, caching as many decoded images as a memory limit allows.
 pub struct Loader {
     shared: Arc<Shared>,
     batch_size: usize,
@@ -162,8 +164,14 @@ pub struct Shard {
 
 impl Loader {
     /// A loader of batches of `batch_size` images decoded by `num_workers` threads (0 counts as
-    /// 1); with `cache`, decoded images are kept in memory (`len × img_size² × 3` bytes).
-    pub fn new(dataset: Arc<Dataset>, batch_size: usize, num_workers: usize, cache: bool) -> Result<Loader> {
+    /// 1), keeping decoded images in memory up to `cache_limit` bytes ([`super::CACHE_ALL`]:
+    /// all of them, `img_size² × 3 + 1` bytes each; [`super::CACHE_OFF`]: none).
+    pub fn new(
+        dataset: Arc<Dataset>,
+        batch_size: usize,
+        num_workers: usize,
+        cache_limit: u64,
+    ) -> Result<Loader> {
         ensure!(batch_size > 0, "batch_size must be at least 1");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(num_workers.max(1))
@@ -171,7 +179,8 @@ impl Loader {
             .build()
             .context("starting the data loader's worker threads")?;
         let len = dataset.len();
-        let cache = if cache { (0..len).map(|_| OnceLock::new()).collect() } else { Vec::new() };
+        let capacity = (cache_limit / image_cost(&dataset)).min(len as u64) as usize;
+        let cache = ImageCache::new(capacity, image_bytes(&dataset));
         let failed = (0..len).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new(Shared { dataset, pool, cache, failed, failed_count: AtomicUsize::new(0) });
         Ok(Loader { shared, batch_size, shard: Shard { rank: 0, world: 1 } })
@@ -186,6 +195,14 @@ impl Loader {
             shard.world
         );
         Ok(Loader { shard, ..self })
+    }
+
+    /// How many images the cache holds once they have been decoded, and what that costs, e.g.
+    /// "300 of 300 images, 57.0 MiB".
+    pub fn cache_summary(&self) -> String {
+        let (held, len) = (self.shared.cache.capacity(), self.shared.dataset.len());
+        let bytes = held as u64 * image_cost(&self.shared.dataset);
+        format!("{held} of {len} images, {}", human_bytes(bytes))
     }
 
     /// Images per global batch: the batch size times the number of processes.
@@ -221,6 +238,17 @@ impl Loader {
             }
         }
     }
+}
+
+/// Bytes of one image of `dataset`.
+fn image_bytes(dataset: &Dataset) -> usize {
+    let side = dataset.img_size() as usize;
+    side * side * CHANNELS
+}
+
+/// Bytes one cached image of `dataset` takes.
+fn image_cost(dataset: &Dataset) -> u64 {
+    ImageCache::cost_per_image(image_bytes(dataset)) as u64
 }
 
 /// The producer thread of one epoch: decodes batch after batch into `sender`. A batch left

@@ -4,22 +4,32 @@
 //!
 //! The original (docs/ORIGINAL.md §5) read every png/jpg/jpeg file of one folder with label 0 and
 //! divided the pixels by 255 with no resize and no colour conversion, so it only worked on
-//! 256×256 RGB files. Here any size and colour type is accepted (`decode.rs`'s
-//! `Resize + CenterCrop`), and sub-folders become classes as in torchvision's `ImageFolder`
-//! (`folder.rs`). The order of an epoch depends on (seed, epoch) only
-//! ([`crate::rng::epoch_order`]), so a run resumed mid-epoch sees exactly the batches it would
-//! have seen.
+//! 256×256 RGB files. Here any size and colour type is accepted (`decode.rs`: torchvision's
+//! `Resize + CenterCrop`, with JPEGs shrunk in the decoder, `jpeg.rs`, and a SIMD resizer,
+//! `resize.rs`), webp is read too, and sub-folders become classes as in torchvision's
+//! `ImageFolder` or are ignored (`folder.rs`, `walk.rs`). The order of an epoch depends on
+//! (seed, epoch) only ([`crate::rng::epoch_order`]), so a run resumed mid-epoch sees exactly the
+//! batches it would have seen; the decoded-image cache's size (`budget.rs`) changes nothing in
+//! them.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
 
+use crate::config::ClassLayout;
+
+mod budget;
 mod builtin;
+mod cache;
 mod decode;
 mod folder;
+mod jpeg;
 mod loader;
 mod pixels;
+mod resize;
+mod walk;
 
+pub use budget::{available_memory, cache_budget, human_bytes, CacheBudget, CACHE_ALL, CACHE_OFF};
 use builtin::Builtin;
 pub use builtin::{render_panda, render_red_panda, BUILTIN_LEN, BUILTIN_PANDAS, BUILTIN_PANDAS2};
 pub use decode::{MAX_DECODE_BYTES, MAX_DECODE_SIDE};
@@ -48,29 +58,49 @@ pub struct Dataset {
     origin: String,
     class_names: Vec<String>,
     img_size: i64,
+    /// Folders the scan could not read (printed when opened).
+    warnings: Vec<String>,
 }
 
 impl Dataset {
-    /// Opens `builtin:pandas`, `builtin:pandas2`, or a folder of png/jpg/jpeg files.
-    ///
-    /// A folder whose sub-folders hold images gives one class per such sub-folder (sorted by
-    /// name, labels 0..K-1; loose files at the top are ignored with a warning); otherwise every
-    /// image directly in the folder gets label 0 and the one class is named after the folder.
-    /// Files are sorted by path; hidden entries (names starting with `.`) are skipped. Only one
-    /// level of sub-folders is read. Nothing is decoded here.
+    /// Opens `builtin:pandas`, `builtin:pandas2`, or a folder of png/jpg/jpeg/webp files with
+    /// its sub-folders as classes ([`ClassLayout::Folders`]); see [`Dataset::open_as`].
     pub fn open(data_path: &str, img_size: i64) -> Result<Dataset> {
+        Self::open_as(data_path, img_size, ClassLayout::Folders)
+    }
+
+    /// Opens `builtin:pandas`, `builtin:pandas2`, or a folder of png/jpg/jpeg/webp files
+    /// labelled as `classes` says.
+    ///
+    /// `Folders`: a folder whose sub-folders hold images gives one class per such sub-folder
+    /// (sorted by name, labels 0..K-1, each with the images at any depth below it; loose files
+    /// at the top are ignored with a warning); otherwise every image directly in the folder gets
+    /// label 0 and the one class is named after the folder. `None`: every image below the
+    /// folder, at any depth, gets label 0. Files are sorted by path; hidden entries (names
+    /// starting with `.`) are skipped; folders that cannot be read are named in one warning
+    /// each. Nothing is decoded here.
+    pub fn open_as(data_path: &str, img_size: i64, classes: ClassLayout) -> Result<Dataset> {
         ensure!(
             (1..=MAX_IMG_SIZE).contains(&img_size),
             "img_size must be between 1 and {MAX_IMG_SIZE}, got {img_size} (opening {data_path:?})"
         );
-        let (source, class_names) = match Builtin::named(data_path) {
-            Some(builtin) => (Source::Builtin(builtin), builtin.class_names()),
+        let (source, class_names, warnings) = match Builtin::named(data_path) {
+            Some(builtin) => (Source::Builtin(builtin), builtin.class_names(), Vec::new()),
             None => {
-                let Folder { paths, labels, class_names } = Folder::scan(Path::new(data_path))?;
-                (Source::Files { paths, labels }, class_names)
+                let Folder { paths, labels, class_names, warnings } =
+                    Folder::scan(Path::new(data_path), classes)?;
+                (Source::Files { paths, labels }, class_names, warnings)
             }
         };
-        Ok(Dataset { source, origin: data_path.to_string(), class_names, img_size })
+        for warning in &warnings {
+            eprintln!("{warning}");
+        }
+        Ok(Dataset { source, origin: data_path.to_string(), class_names, img_size, warnings })
+    }
+
+    /// The warnings of the folder scan (folders that could not be read), as printed by `open`.
+    pub fn scan_warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Number of images.

@@ -23,7 +23,7 @@ pub use trainer::{Draws, StepOutput, Trainer};
 
 use crate::checkpoint::{self, state};
 use crate::config::Config;
-use crate::data::{Dataset, Loader, Shard};
+use crate::data::{self, Dataset, Loader, Shard};
 use crate::distributed::{self, ProcessGroup, World};
 
 /// What the command line adds to the config.
@@ -65,7 +65,7 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         shard::agree_config(pg, &mut cfg)?;
     }
 
-    let dataset = Arc::new(Dataset::open(&cfg.train.data_path, cfg.model.img_size)?);
+    let dataset = Arc::new(Dataset::open_as(&cfg.train.data_path, cfg.model.img_size, cfg.train.classes)?);
     let classes = dataset.class_names().to_vec();
     ensure!(
         classes.len() as i64 <= cfg.model.label_num,
@@ -77,8 +77,10 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let t = &cfg.train;
     let world_size = pg.as_ref().map_or(1, ProcessGroup::world_size);
     check_step_size(t, world_size, dataset.len())?;
+    let local_ranks = opts.world.as_ref().map_or(1, |w| w.local_world_size);
+    let budget = data::cache_budget(t.cache_images, local_ranks);
     let mut loader =
-        Loader::new(dataset.clone(), t.step_images() as usize, t.num_workers as usize, t.cache_images)?;
+        Loader::new(dataset.clone(), t.step_images() as usize, t.num_workers as usize, budget.bytes)?;
     if let Some(pg) = &pg {
         loader = loader.sharded(Shard { rank: pg.rank(), world: world_size })?;
     }
@@ -94,6 +96,7 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     }
     if main {
         describe(&tr, &dataset, world_size);
+        println!("image cache: {} (budget {})", loader.cache_summary(), budget.origin);
     }
     if opts.max_steps.is_some_and(|m| tr.meta.step >= m) {
         if main {
