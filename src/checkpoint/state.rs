@@ -76,7 +76,7 @@ pub struct DataIdentity {
     /// Number of images.
     pub images: usize,
     /// A 64-bit hash (16 hex digits) of the image list: each file's path below the data
-    /// folder and its label, in order (the built-in sets: their name and size).
+    /// folder and its label, in order (the built-in sets: each image's index and label).
     pub fingerprint: String,
 }
 

@@ -56,7 +56,8 @@ pub(super) enum DataChange {
 }
 
 /// Compares the saved run (`saved`, read from `state`) with the current `classes` and `now`.
-/// Other classes are an error naming both lists unless `allow` (then a change).
+/// Other classes are an error naming both lists unless `allow` (then a change); one class
+/// under another name (a renamed folder) is a change.
 pub(super) fn compare(
     state: &Path,
     saved: &TrainMeta,
@@ -65,16 +66,22 @@ pub(super) fn compare(
     allow: bool,
 ) -> Result<DataChange> {
     let mut what = vec![];
+    // One class on both sides is label 0 either way: a renamed or moved folder (whose name
+    // names the one class) changes no label's meaning.
+    let renamed_single = saved.classes.len() == 1 && classes.len() == 1;
     if saved.classes != classes {
         let (old, new) = (list(&saved.classes), list(classes));
-        if !allow {
+        if renamed_single {
+            what.push(format!("the one class is now named {new} (was {old})"));
+        } else if !allow {
             bail!(
                 "{} was trained on classes {old} but the data now has {new}: every label would change meaning; \
                  use the same data, another checkpoint path, or --allow-data-change to fine-tune on the new classes",
                 state.display()
             );
+        } else {
+            what.push(format!("classes {old} → {new} (--allow-data-change)"));
         }
-        what.push(format!("classes {old} → {new} (--allow-data-change)"));
     }
     match &saved.data {
         Some(old) if old.images != now.images => {
@@ -145,6 +152,13 @@ mod tests {
             compare(Path::new("s"), &meta(&["x"], None), &x, &id(3, "c"), false).unwrap(),
             DataChange::Same
         );
+    }
+
+    #[test]
+    fn a_renamed_single_class_folder_is_a_change_not_an_error() {
+        let saved = meta(&["pandas"], Some(id(10, "a")));
+        let change = compare(Path::new("s"), &saved, &names(&["moved"]), &id(10, "a"), false).unwrap();
+        assert!(matches!(change, DataChange::Changed(t) if t.contains("now named 1 [moved]")));
     }
 
     #[test]

@@ -159,15 +159,16 @@ pub(super) fn start(
 /// resume leaves the horizon where it was (said when `verbose`).
 fn schedule_steps(cfg: &Config, saved: Option<&TrainMeta>, steps_per_epoch: i64, verbose: bool) -> i64 {
     let derived = cfg.train.epoch * steps_per_epoch;
+    let scheduled = cfg.train.lr_schedule != LrSchedule::Constant;
+    let saved_run = saved.is_some();
     let saved = saved.and_then(|m| m.schedule_steps);
     match (cfg.train.schedule_steps, saved) {
-        (Some(asked), Some(old)) if asked != old && verbose => {
+        (Some(asked), Some(old)) if asked != old && scheduled && verbose => {
             println!("note: the learning-rate schedule's horizon moves from {old} to {asked} steps (train.schedule_steps)");
             asked
         }
         (Some(asked), _) => asked,
         (None, Some(old)) => {
-            let scheduled = cfg.train.lr_schedule != LrSchedule::Constant;
             if derived != old && scheduled && verbose {
                 println!(
                     "note: the learning-rate schedule keeps its horizon of {old} steps, fixed when the run began \
@@ -176,7 +177,15 @@ fn schedule_steps(cfg: &Config, saved: Option<&TrainMeta>, steps_per_epoch: i64,
             }
             old
         }
-        (None, None) => derived,
+        (None, None) => {
+            if saved_run && scheduled && verbose {
+                println!(
+                    "note: the training state has no saved schedule horizon (written before it was saved); \
+                     the schedule now runs over train.epoch × steps per epoch = {derived} steps"
+                );
+            }
+            derived
+        }
     }
 }
 

@@ -34,10 +34,10 @@ pub(super) fn agree_config(pg: &ProcessGroup, cfg: &mut Config) -> Result<()> {
 /// same state file), then gives all of them rank 0's weights, EMA and Adam moments.
 pub(super) fn replicate(tr: &Trainer, pg: &ProcessGroup) -> Result<()> {
     let m = &tr.meta;
-    let start = serde_json::to_vec(&(m.step, m.epoch, m.batch_in_epoch, m.seed, &m.classes, &m.config))?;
-    let start = [start, serde_json::to_vec(&(m.schedule_steps, &m.data))?].concat();
+    let counters = (m.step, m.epoch, m.batch_in_epoch, tr.adam_step(), m.seed, m.schedule_steps);
+    let start = serde_json::to_vec(&(counters, &m.classes, &m.config, &m.data))?;
     pg.check_same(
-        "the starting point (step, epoch, batch, seed, classes, config, schedule, data; the same state file?)",
+        "the starting point (counters, seed, schedule, classes, config, data; the same state file?)",
         &start,
     )?;
     pg.broadcast(&tr.replicated(), 0)

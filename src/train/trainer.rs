@@ -280,6 +280,11 @@ impl Trainer {
         self.params.iter().chain(ema).chain(adam).map(Tensor::shallow_clone).collect()
     }
 
+    /// Updates Adam has made (saved as `adam_step`).
+    pub(super) fn adam_step(&self) -> i64 {
+        self.adam.step
+    }
+
     /// The parameters' names and shapes.
     pub fn shapes(&self) -> checkpoint::Shapes {
         checkpoint::shapes(&self.vs)
