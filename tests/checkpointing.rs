@@ -14,10 +14,6 @@ use dit::train::Trainer;
 use dit::Dit;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-/// libtorch's generator is global to the process and the tests of a file run on parallel
-/// threads: each test that seeds it holds this while it draws.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Output and every parameter's gradient (sorted by name) of an L1 loss, under `runtime`.
 fn output_and_grads(
     model: &mut Dit,
@@ -44,7 +40,7 @@ fn output_and_grads(
 
 #[test]
 fn checkpointed_gradients_equal_the_ordinary_ones() {
-    let _rng = RNG.lock().unwrap();
+    let _rng = rng_lock();
     let cfg = tiny(&[r#"{"model": {"dit_num": 3, "label_num": 2, "null_label": true}}"#]).model;
     for precision in [Precision::Fp32, Precision::Bf16] {
         for attention in [Attention::Naive, Attention::Fused] {
@@ -95,7 +91,7 @@ fn step_weights(checkpointing: ActivationCheckpointing) -> Vec<(String, Tensor)>
 
 #[test]
 fn a_checkpointed_training_step_ends_on_the_same_weights() {
-    let _rng = RNG.lock().unwrap();
+    let _rng = rng_lock();
     let (a, b) = (step_weights(ActivationCheckpointing::None), step_weights(ActivationCheckpointing::Blocks));
     assert_eq!(a.len(), b.len());
     for ((name, a), (_, b)) in a.iter().zip(&b) {

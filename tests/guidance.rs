@@ -73,6 +73,7 @@ fn label_dropout_adds_a_no_label_row_the_original_loads_as_label_num_plus_one() 
 
 #[test]
 fn guidance_weight_zero_is_unconditional_and_one_is_conditional() {
+    let _rng = rng_lock();
     let cfg = tiny(&[PANDAS2]);
     let mut m = cfg.model.clone();
     m.null_label = true;
@@ -98,6 +99,7 @@ fn guidance_weight_zero_is_unconditional_and_one_is_conditional() {
 
 #[test]
 fn shared_label_init_starts_every_class_from_row_zero_and_draws_nothing_extra() {
+    let _rng = rng_lock();
     let cfg = tiny(&[r#"{"model": {"label_num": 3}}"#]).model;
     let build = || {
         tch::manual_seed(3);

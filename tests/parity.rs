@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use common::*;
 use dit::config::{Attention, Config, ModelConfig, RuntimeConfig};
@@ -97,6 +97,7 @@ fn setup(
     batch: i64,
     attention: Attention,
 ) -> (VarStore, Dit, Tensor, Tensor, Tensor, Tensor) {
+    let _rng = rng_lock();
     tch::manual_seed(7);
     let vs = VarStore::new(Device::Cpu);
     let mut dit = Dit::new(&vs.root(), m);
@@ -119,16 +120,37 @@ fn setup(
     (vs, dit, x, y, t, target)
 }
 
-/// Relative gradient bound (per tensor): 1e-5, the specification's, for the naive path, which
-/// is deterministic. libtorch's CPU flash-attention backward is not: the same fused run,
-/// repeated, moves the gradients by up to about 1.3e-5 (relative) at 64 tokens and up to about
-/// 6e-5 at 4096 (measured on small-norm tensors such as a block's `ln_2.bias`; about one run in
-/// four exceeded 1e-5 there), so the fused path is held to 1e-4.
-fn gradient_bound(attention: Attention) -> f64 {
-    match attention {
-        Attention::Fused => 1e-4,
-        _ => 1e-5,
+/// Per-tensor relative gradient bounds. Against a reference that computes attention the same
+/// way (naive against the original's math, fused against PyTorch's own `sdpa` call, the same
+/// libtorch kernel): 1e-5, the specification's bound; measured at most 6e-7. Fused against the
+/// original's math as well: libtorch's CPU flash kernel (blocked online softmax) rounds
+/// differently from the math path, by up to 2.9e-4 on `position_emb` at 4096 tokens for some
+/// random draws (1.5e-4 on another, 5e-7 on this test's), so that comparison is held to 1e-3,
+/// far below what a wrong scale, mask or layout gives.
+const SAME_KERNEL: f64 = 1e-5;
+const FUSED_VS_MATH: f64 = 1e-3;
+
+/// The largest per-tensor relative difference between `grads` and the reference's `grad.<name>`,
+/// and its tensor. A key bias is analytically zero (it adds the same q·b to every score of a
+/// row, which softmax ignores): both sides must agree it is rounding noise, and it is skipped.
+fn worst_gradient(grads: &[(String, Tensor)], reference: &HashMap<String, Tensor>) -> (f64, String) {
+    let total = grads.iter().map(|(_, g)| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    let mut worst = (0.0, String::new());
+    for (name, grad) in grads {
+        let want = &reference[&format!("grad.{name}")];
+        if name.ends_with("k_emb.bias") {
+            for g in [grad, want] {
+                let n = g.norm().double_value(&[]);
+                assert!(n <= 1e-6 * total, "{name}: gradient norm {n:e} is not negligible");
+            }
+            continue;
+        }
+        let rel = rel_diff(grad, want);
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
     }
+    worst
 }
 
 fn forward_and_gradients(json: &str, batch: i64, attention: Attention) {
@@ -137,7 +159,8 @@ fn forward_and_gradients(json: &str, batch: i64, attention: Attention) {
     let cfg = write_config(dir.path(), json);
     let (vs, dit, x, y, t, target) = setup(dir.path(), &m, batch, attention);
     let d = dir.path();
-    let py = golden_forward(d, &cfg, &d.join("w.safetensors"), &d.join("in.safetensors"));
+    let (w, inputs) = (d.join("w.safetensors"), d.join("in.safetensors"));
+    let py = golden_forward(d, &cfg, &w, &inputs);
 
     let out = dit.forward(&x, &y, &t);
     let err = max_abs_diff(&out, &py["out"]);
@@ -147,31 +170,24 @@ fn forward_and_gradients(json: &str, batch: i64, attention: Attention) {
     loss.backward();
 
     let grads: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, v)| (n, v.grad())).collect();
-    let total = grads.iter().map(|(_, g)| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-    let mut worst = (0.0, String::new());
-    for (name, grad) in &grads {
-        let reference = &py[&format!("grad.{name}")];
-        if name.ends_with("k_emb.bias") {
-            // Analytically zero: a key bias adds the same q·b to every score of a row, which
-            // softmax ignores. Both sides must agree it is rounding noise.
-            for g in [grad, reference] {
-                let n = g.norm().double_value(&[]);
-                assert!(n <= 1e-6 * total, "{name}: gradient norm {n:e} is not negligible");
-            }
-            continue;
+    let math = worst_gradient(&grads, &py);
+    let (worst, bound) = match attention {
+        Attention::Fused => {
+            assert!(
+                math.0 <= FUSED_VS_MATH,
+                "fused gradient of {} off the math path by {:e}",
+                math.1,
+                math.0
+            );
+            (worst_gradient(&grads, &golden_forward_with(d, &cfg, &w, &inputs, "sdpa")), SAME_KERNEL)
         }
-        let rel = rel_diff(grad, reference);
-        if rel > worst.0 {
-            worst = (rel, name.clone());
-        }
-    }
-    assert!(
-        worst.0 <= gradient_bound(attention),
-        "{attention:?} gradient of {} off by {:e} (relative)",
-        worst.1,
-        worst.0
+        _ => (math.clone(), SAME_KERNEL),
+    };
+    assert!(worst.0 <= bound, "{attention:?} gradient of {} off by {:e} (relative)", worst.1, worst.0);
+    eprintln!(
+        "{json} {attention:?}: forward max abs {err:e}, worst gradient {:e} ({}), against the math path {:e}",
+        worst.0, worst.1, math.0
     );
-    eprintln!("{json} {attention:?}: forward max abs {err:e}, worst gradient {:e} ({})", worst.0, worst.1);
 }
 
 #[test]

@@ -28,6 +28,7 @@ fn forward_and_grads(model: &mut Dit, vs: &VarStore, runtime: RuntimeConfig) -> 
 
 #[test]
 fn bf16_forward_and_gradients_track_fp32_and_stay_float32() {
+    let _rng = rng_lock();
     for attention in [Attention::Naive, Attention::Fused] {
         let cfg = tiny(&[r#"{"model": {"dit_num": 2, "label_num": 2}}"#]).model;
         tch::manual_seed(4);

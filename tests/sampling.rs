@@ -94,6 +94,7 @@ fn ddpm_equals_the_original_for_the_same_seed() {
 
 #[test]
 fn ddim_with_eta_0_is_deterministic_and_depends_on_the_seed() {
+    let _rng = rng_lock();
     let (_vs, model) = tiny_model(5);
     let ddim = (SamplerKind::Ddim, 0.0);
     let a = run(&model, ddim, 10, 1);
@@ -106,6 +107,7 @@ fn ddim_with_eta_0_is_deterministic_and_depends_on_the_seed() {
 
 #[test]
 fn ddim_with_every_step_and_eta_1_runs_in_range() {
+    let _rng = rng_lock();
     let (_vs, model) = tiny_model(5);
     let x = run(&model, (SamplerKind::Ddim, 1.0), 50, 3);
     assert_eq!(x.size(), [2, 3, 16, 16]);
@@ -116,6 +118,7 @@ fn ddim_with_every_step_and_eta_1_runs_in_range() {
 
 #[test]
 fn ddim_step_recovers_x0_from_the_true_noise() {
+    let _rng = rng_lock();
     let s = Schedule::new(&Default::default(), Device::Cpu);
     tch::manual_seed(0);
     let x0 = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu)) * 1.8 - 0.9; // inside [−1, 1]
@@ -155,6 +158,7 @@ fn ddim_timesteps_are_evenly_spaced_and_include_both_ends() {
 
 #[test]
 fn sample_keeps_the_states_asked_for() {
+    let _rng = rng_lock();
     let (_vs, model) = tiny_model(5);
     let schedule = Schedule::new(&tiny_config().diffusion, Device::Cpu);
     let opts = SampleOptions {

@@ -12,6 +12,15 @@ use dit::config::{Config, ModelConfig};
 use serde_json::Value;
 use tch::Tensor;
 
+/// libtorch's random generator is global to the process, and the tests of one binary run on
+/// parallel threads: a test whose draws must be reproducible (it seeds, or builds a model, or
+/// trains in-process) holds this guard for as long as it draws. A test that failed while
+/// holding it does not stop the others.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The tiny setting every end-to-end test starts from: 16×16 images in 16 patches, one block
 /// of width 16 with two heads, 100 noise steps, batches of 8 built-in pandas on one worker,
 /// no previews. 15 168 parameters: a training step takes milliseconds on the CPU.
@@ -147,9 +156,22 @@ pub fn run_ok(bin: &str, dir: &Path, args: &[&str]) -> Output {
 /// and the L1 loss's backward on the safetensors file `inputs` (`x`, `y`, `t`, `target`);
 /// returns what it wrote: `out`, `loss` and `grad.<name>` of every parameter.
 pub fn golden_forward(dir: &Path, cfg: &Path, weights: &Path, inputs: &Path) -> HashMap<String, Tensor> {
-    let out = dir.join("py.safetensors");
+    golden_forward_with(dir, cfg, weights, inputs, "naive")
+}
+
+/// [`golden_forward`] with the reference's attention: `naive` (the original's) or `sdpa`.
+pub fn golden_forward_with(
+    dir: &Path,
+    cfg: &Path,
+    weights: &Path,
+    inputs: &Path,
+    attention: &str,
+) -> HashMap<String, Tensor> {
+    let out = dir.join(format!("py-{attention}.safetensors"));
     golden(&[
         "forward",
+        "--attention",
+        attention,
         "--config",
         p(cfg),
         "--weights",
