@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
-use crate::config::{ActivationCheckpointing, Attention, Config, Precision, SamplerKind};
+use crate::config::{
+    ActivationCheckpointing, Attention, Config, Loss, LossWeighting, Precision, Prediction, SamplerKind,
+};
 
 /// Largest allocation glibc serves from the heap instead of a fresh mmap (its maximum).
 const MMAP_THRESHOLD: i32 = 32 << 20;
@@ -122,6 +124,18 @@ pub struct TrainOverrides {
     /// Preview denoising steps (train.preview.steps)
     #[arg(long)]
     pub preview_steps: Option<i64>,
+    /// What the model learns to predict: epsilon (the original's), x0 or v (diffusion.prediction)
+    #[arg(long, value_enum)]
+    pub prediction: Option<Prediction>,
+    /// Distance between prediction and target: l1 (the original's) or l2 (train.loss)
+    #[arg(long, value_enum)]
+    pub loss: Option<Loss>,
+    /// Weighting of each image's loss by its step: none (the original's) or min_snr (train.loss_weighting)
+    #[arg(long, value_enum)]
+    pub loss_weighting: Option<LossWeighting>,
+    /// γ of the min_snr weighting (train.min_snr_gamma)
+    #[arg(long)]
+    pub min_snr_gamma: Option<f64>,
     /// Arithmetic: fp32, or bf16 mixed precision with float32 weights (runtime.precision)
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
@@ -155,6 +169,10 @@ impl TrainOverrides {
         set(&mut t.preview.every_epochs, &self.preview_every);
         set(&mut t.preview.sampler, &self.preview_sampler);
         set(&mut t.preview.steps, &self.preview_steps);
+        set(&mut t.loss, &self.loss);
+        set(&mut t.loss_weighting, &self.loss_weighting);
+        set(&mut t.min_snr_gamma, &self.min_snr_gamma);
+        set(&mut cfg.diffusion.prediction, &self.prediction);
         set(&mut cfg.runtime.precision, &self.precision);
         set(&mut cfg.runtime.attention, &self.attention);
         set(&mut cfg.runtime.activation_checkpointing, &self.activation_checkpointing);

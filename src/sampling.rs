@@ -1,6 +1,7 @@
 //! Sampling from a trained `Dit`: the original's DDPM denoise loop (docs/ORIGINAL.md §4, DDPM
-//! Algorithm 2 with a clamp every step) and DDIM (Song et al. 2021, eq. 12 with σ from
-//! eq. 16) over the same model; the step math lives in `diffusion::Schedule`. Also the image
+//! Algorithm 2 with a clamp every step), DDIM (Song et al. 2021, eq. 12 with σ from eq. 16)
+//! and DPM-Solver++(2M) (Lu et al. 2022) over the same model, whatever it predicts
+//! (`diffusion.prediction`); the step math lives in `diffusion::Schedule`. Also the image
 //! helpers the sampler and the trainer share: a `make_grid`-style tiling into an RGB image,
 //! an atomic PNG writer, and the original's choice of preview states.
 
@@ -11,7 +12,7 @@ use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
 pub use crate::config::SamplerKind;
-use crate::diffusion::Schedule;
+use crate::diffusion::{Previous, Schedule};
 use crate::Dit;
 
 /// Pixels between tiles (and around the border) in a grid, as torchvision's `make_grid`.
@@ -23,6 +24,9 @@ pub const PREVIEW_STATES: i64 = 16;
 /// Steps DDIM takes when none are asked for.
 pub const DEFAULT_DDIM_STEPS: i64 = 50;
 
+/// Steps DPM-Solver++(2M) takes when none are asked for.
+pub const DEFAULT_DPM_SOLVER_STEPS: i64 = 20;
+
 /// DDIM's η when none is asked for: 1, the stochastic end (each step adds fresh noise, as
 /// DDPM's do). Measured on the quick-start checkpoint (BENCHMARKS.md, "Sample quality against
 /// sampling cost", 2026-11-27), DDIM-50 with η = 1 scores 39.5 in sliced Wasserstein distance
@@ -31,11 +35,13 @@ pub const DEFAULT_DDIM_ETA: f64 = 1.0;
 
 /// The samplers' rules: how many steps, which ones, and what is allowed.
 impl SamplerKind {
-    /// The number of steps used when the user names none: T for DDPM, 50 (at most T) for DDIM.
+    /// The number of steps used when the user names none: T for DDPM, 50 for DDIM and 20 for
+    /// DPM-Solver++ (at most T).
     pub fn default_steps(self, max_t: i64) -> i64 {
         match self {
             Self::Ddpm => max_t,
             Self::Ddim => DEFAULT_DDIM_STEPS.min(max_t),
+            Self::DpmPP2m => DEFAULT_DPM_SOLVER_STEPS.min(max_t),
         }
     }
 
@@ -46,19 +52,22 @@ impl SamplerKind {
         match self {
             Self::Ddpm => ensure!(
                 steps == max_t,
-                "the ddpm sampler takes all max_t = {max_t} steps, got {steps}; use the ddim sampler for fewer"
+                "the ddpm sampler takes all max_t = {max_t} steps, got {steps}; use ddim or dpmpp_2m for fewer"
             ),
             Self::Ddim => ensure!(eta >= 0.0 && eta.is_finite(), "eta must be a number ≥ 0, got {eta}"),
+            Self::DpmPP2m => {}
         }
         Ok(())
     }
 
     /// The training steps visited, descending (DDPM: T − 1 … 0; DDIM: see
-    /// `Schedule::ddim_timesteps`). `steps` must have passed `check`.
+    /// `Schedule::ddim_timesteps`; DPM-Solver++: `Schedule::dpm_solver_timesteps`). `steps`
+    /// must have passed `check`.
     pub fn timesteps(self, schedule: &Schedule, steps: i64) -> Vec<i64> {
         match self {
             Self::Ddpm => (0..schedule.max_t).rev().collect(),
             Self::Ddim => schedule.ddim_timesteps(steps),
+            Self::DpmPP2m => schedule.dpm_solver_timesteps(steps),
         }
     }
 }
@@ -97,12 +106,12 @@ impl SampleOptions {
 /// Runs the sampler from `noise` (B, C, I, I) with `labels` (B) int64, both on the model's
 /// device, without gradients. `progress(done, total)` is called after every step. Returns the
 /// final images (B, C, I, I) in [−1, 1] and the states `opts.keep` names, in its order, on
-/// the model's device.
+/// the model's device. The model's output means what `schedule.prediction` says.
 ///
 /// Random numbers: DDPM draws one `randn_like` per step for s = T − 1 … 1 and none at s = 0,
 /// as the original; so with the noise drawn by `Tensor::randn` right after
 /// `tch::manual_seed(seed)` on the CPU, the result equals the original's for that seed.
-/// DDIM draws one per step except the last when η > 0, none when η = 0.
+/// DDIM draws one per step except the last when η > 0, none when η = 0; DPM-Solver++ none.
 pub fn sample(
     model: &Dit,
     schedule: &Schedule,
@@ -111,10 +120,8 @@ pub fn sample(
     labels: &Tensor,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let SampleOptions { sampler, steps, eta, ref keep, guidance } = *opts;
-    sampler.check(steps, eta, schedule.max_t)?;
     check_inputs(model, &noise, labels)?;
-    let guidance = guidance.filter(|&w| w != 1.0);
+    let guidance = opts.guidance.filter(|&w| w != 1.0);
     if let Some(w) = guidance {
         ensure!(w.is_finite() && w >= 0.0, "the guidance weight must be a number ≥ 0, got {w}");
         ensure!(
@@ -123,6 +130,22 @@ pub fn sample(
         );
     }
     let null_labels = labels.full_like(model.config().label_num);
+    let mut output = |x: &Tensor, t: &Tensor| model_output(model, x, labels, &null_labels, t, guidance);
+    sample_with(schedule, opts, noise, &mut output, progress)
+}
+
+/// The sampler's walk from `noise` for any `output(x_t, t)` (t (B) int64) that answers as a
+/// model predicting `schedule.prediction` does: [`sample`] passes the model, tests an oracle.
+/// `opts.guidance` is the caller's business here.
+pub fn sample_with(
+    schedule: &Schedule,
+    opts: &SampleOptions,
+    noise: Tensor,
+    output: &mut dyn FnMut(&Tensor, &Tensor) -> Tensor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let SampleOptions { sampler, steps, eta, ref keep, .. } = *opts;
+    sampler.check(steps, eta, schedule.max_t)?;
     if let Some(bad) = keep.iter().find(|&&k| !(0..=steps).contains(&k)) {
         anyhow::bail!("state {bad} cannot be kept: there are {} states (0 = the noise)", steps + 1);
     }
@@ -142,28 +165,55 @@ pub fn sample(
             }
         };
         let mut x = noise;
+        let mut previous = None;
         remember(0, &x);
         for (i, &t) in timesteps.iter().enumerate() {
             let t_batch = Tensor::full([batch], t, (Kind::Int64, device)); // (B)
-            let eps = predict_noise(model, &x, labels, &null_labels, &t_batch, guidance); // (B, C, I, I)
-            x = match sampler {
-                SamplerKind::Ddpm => schedule.ddpm_step(&x, &eps, t),
-                SamplerKind::Ddim => schedule.ddim_step(&x, &eps, t, timesteps.get(i + 1).copied(), eta),
-            };
+            let out = output(&x, &t_batch); // (B, C, I, I)
+            let next = timesteps.get(i + 1).copied();
+            x = step(schedule, (sampler, eta), &x, &out, (t, next), &mut previous);
             remember(i as i64 + 1, &x);
             progress(i + 1, total);
         }
-        // DDPM clamps every step already and DDIM's last step returns the clamped x̂0; the
-        // clamp here only makes the contract independent of the sampler.
+        // DDPM clamps every step already and DDIM's and DPM-Solver++'s last steps return the
+        // clamped x̂0; the clamp here only makes the contract independent of the sampler.
         let x = x.clamp(-1.0, 1.0);
         let kept = kept.into_iter().map(|k| k.expect("every kept index was checked")).collect();
         Ok((x, kept))
     })
 }
 
-/// ε̂ at (x, t): the conditional prediction, or with guidance weight `w` the mix
-/// ε_uncond + w·(ε_cond − ε_uncond) of both, computed in one batched forward pass.
-fn predict_noise(
+/// One step of the sampler (with DDIM's η) from `x` at `t` to `next`, given the model's output
+/// there; `previous` carries DPM-Solver++'s last x̂0 and t from step to step. For an ε model
+/// DDPM's and DDIM's ε̂ is the output itself, bit for bit.
+fn step(
+    schedule: &Schedule,
+    (sampler, eta): (SamplerKind, f64),
+    x: &Tensor,
+    out: &Tensor,
+    (t, next): (i64, Option<i64>),
+    previous: &mut Option<(Tensor, i64)>,
+) -> Tensor {
+    let p = schedule.prediction;
+    let c = schedule.coefficients_at(t);
+    match sampler {
+        SamplerKind::Ddpm => schedule.ddpm_step(x, &p.eps(out, x, &c), t),
+        SamplerKind::Ddim => schedule.ddim_step_from(&p.eps(out, x, &c), &p.x0(out, x, &c), t, next, eta),
+        SamplerKind::DpmPP2m => {
+            let x0 = p.x0(out, x, &c).clamp(-1.0, 1.0);
+            let before = previous.as_ref().map(|(x0, t)| Previous { x0, t: *t });
+            let x_next = schedule.dpmpp_2m_step(x, &x0, t, next, before);
+            *previous = Some((x0, t));
+            x_next
+        }
+    }
+}
+
+/// The model's output at (x, t): the conditional one, or with guidance weight `w` the mix
+/// uncond + w·(cond − uncond) of both, computed in one batched forward pass. ε̂, x̂0 and v̂ are
+/// each affine in the output at fixed (x, t), so mixing outputs mixes ε̂ alike (Ho & Salimans
+/// 2022 mix ε̂).
+fn model_output(
     model: &Dit,
     x: &Tensor,
     labels: &Tensor,

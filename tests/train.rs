@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use common::*;
+use dit::config::{Loss, LossWeighting, Prediction};
 use tch::{Device, Kind, Tensor};
 
 /// The tiny config with every addition to the original switched on: 3 epochs of
@@ -505,4 +506,52 @@ fn sample_quality_is_logged_every_eval_epochs() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("train.eval.num must be at least 16"), "{err}");
     assert!(!d.join("few.ot").exists(), "nothing is written before the check");
+}
+
+#[test]
+fn the_prediction_target_is_recorded_used_by_sample_and_fixed_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let objective =
+        ["--prediction", "v", "--loss", "l2", "--loss-weighting", "min_snr", "--min-snr-gamma", "4"];
+    let out = train(d, &[&["--checkpoint", "v.ot", "--max-steps", "2"][..], &objective].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = dit::checkpoint::state::load(&d.join("v.ot.state.safetensors")).unwrap();
+    let c = &st.meta.config;
+    assert_eq!((c.diffusion.prediction, c.train.loss), (Prediction::V, Loss::L2));
+    assert_eq!((c.train.loss_weighting, c.train.min_snr_gamma), (LossWeighting::MinSnr, 4.0));
+
+    // `sample` reads the target from the state; a weight file alone means ε unless told.
+    let sample = |args: &[&str]| {
+        let base = ["--device", "cpu", "--sampler", "dpmpp_2m", "--steps", "5", "--num", "2", "--seed", "1"];
+        run_ok(env!("CARGO_BIN_EXE_sample"), d, &[&base[..], args].concat())
+    };
+    let stdout = |o: Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let state = stdout(sample(&["--checkpoint", "v.ot", "--tensor-out", "state.safetensors"]));
+    assert!(state.contains("predicting v") && state.contains("dpmpp_2m (5 steps)"), "{state}");
+    std::fs::copy(d.join("v.ot"), d.join("alone.ot")).unwrap();
+    let cfg = ["--config", "tiny.json", "--no-ema"];
+    let alone = stdout(sample(
+        &[&["--checkpoint", "alone.ot", "--tensor-out", "eps.safetensors"][..], &cfg].concat(),
+    ));
+    assert!(alone.contains("predicting epsilon"), "{alone}");
+    let told = &["--checkpoint", "alone.ot", "--prediction", "v", "--tensor-out", "told.safetensors"];
+    assert!(stdout(sample(&[&told[..], &cfg].concat())).contains("predicting v"));
+    let raw = stdout(sample(&["--checkpoint", "v.ot", "--no-ema", "--tensor-out", "raw.safetensors"]));
+    assert!(raw.contains("weights from v.ot"), "{raw}");
+    let images = |f: &str| read(&d.join(f)).remove("images").unwrap();
+    assert!(
+        images("told.safetensors").equal(&images("raw.safetensors")),
+        "--prediction v on the weights alone"
+    );
+    assert!(max_abs_diff(&images("eps.safetensors"), &images("told.safetensors")) > 1e-3);
+
+    // The target is part of the diffusion section, which a resume must not change.
+    let again = ["--config", "tiny.json", "--device", "cpu", "--checkpoint", "v.ot", "--max-steps", "3"];
+    let other = run_bin(env!("CARGO_BIN_EXE_train"), d, &[&again[..], &["--prediction", "x0"]].concat());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success() && err.contains("diffusion") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
 }

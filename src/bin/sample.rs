@@ -1,6 +1,6 @@
 //! Generates images with a trained DiT, with the original's DDPM loop (the same images as the
-//! original for the same seed) or with DDIM in fewer steps; see `dit::generate` for the seed
-//! contract.
+//! original for the same seed), or with DDIM or DPM-Solver++ in fewer steps; see
+//! `dit::generate` for the seed contract.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use dit::cli::DeviceArg;
-use dit::config::{Precision, RuntimeConfig};
+use dit::config::{Precision, Prediction, RuntimeConfig};
 use dit::generate::{self, Outputs, Request};
 use dit::sampling::{self, SampleOptions, SamplerKind};
 
@@ -16,7 +16,7 @@ use dit::sampling::{self, SampleOptions, SamplerKind};
 const PROGRESS_COLUMNS: i64 = 16;
 
 #[derive(Parser)]
-#[command(version, about = "Generate images with a trained DiT (DDPM as the original, or DDIM)")]
+#[command(version, about = "Generate images with a trained DiT (DDPM as the original, DDIM or DPM-Solver++)")]
 struct Args {
     /// Weight file (.ot, .safetensors, .pth) or training state (.state.safetensors); a
     /// training state's EMA weights are used when it has them.
@@ -29,10 +29,15 @@ struct Args {
     /// else the original's]
     #[arg(long)]
     config: Option<PathBuf>,
-    /// ddpm: the original's sampler, all max_t steps; ddim: the same model in fewer steps.
+    /// ddpm: the original's sampler, all max_t steps; ddim and dpmpp_2m (DPM-Solver++ 2M):
+    /// the same model in fewer steps.
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
     sampler: SamplerKind,
-    /// Denoising steps [default: max_t for ddpm, 50 for ddim]
+    /// What the model predicts [default: the training state's; for a weight file alone, the
+    /// config's, whose default is the original's epsilon]
+    #[arg(long, value_enum)]
+    prediction: Option<Prediction>,
+    /// Denoising steps [default: max_t for ddpm, 50 for ddim, 20 for dpmpp_2m]
     #[arg(long, allow_negative_numbers = true)]
     steps: Option<i64>,
     /// DDIM's eta: 1 adds DDPM-like noise every step, 0 is deterministic [default: 1]
@@ -84,7 +89,7 @@ fn run(args: &Args) -> Result<()> {
     let batch_size = args.batch_size.unwrap_or(args.num);
     ensure!(batch_size >= 1, "--batch-size must be at least 1, got {batch_size}");
     let sampler = args.sampler;
-    if sampler == SamplerKind::Ddpm && args.eta.is_some() {
+    if sampler != SamplerKind::Ddim && args.eta.is_some() {
         bail!("--eta applies to --sampler ddim only");
     }
     let eta = args.eta.unwrap_or(sampling::DEFAULT_DDIM_ETA);
@@ -100,6 +105,9 @@ fn run(args: &Args) -> Result<()> {
 
     let mut loaded =
         dit::checkpoint::load_for_inference(&args.checkpoint, args.config.as_deref(), !args.no_ema, device)?;
+    if let Some(p) = args.prediction {
+        loaded.config.diffusion.prediction = p;
+    }
     let precision = args.precision.unwrap_or(loaded.config.runtime.precision);
     loaded.model.set_runtime(&RuntimeConfig { precision, ..loaded.config.runtime });
     let (label, label_text) = loaded.resolve_label(&args.label)?;
@@ -107,7 +115,7 @@ fn run(args: &Args) -> Result<()> {
     let steps = args.steps.unwrap_or(sampler.default_steps(max_t));
     let sampler_name = sampler.name();
     sampler.check(steps, eta, max_t).with_context(|| format!("--sampler {sampler_name} --steps {steps}"))?;
-    println!("weights: {}", loaded.description);
+    println!("weights: {} (predicting {})", loaded.description, loaded.config.diffusion.prediction.name());
 
     let keep = if args.progress.is_some() {
         sampling::evenly_spaced_states(steps, PROGRESS_COLUMNS)
@@ -122,7 +130,7 @@ fn run(args: &Args) -> Result<()> {
         args.num,
         match sampler {
             SamplerKind::Ddim => format!(", eta {eta}"),
-            SamplerKind::Ddpm => String::new(),
+            SamplerKind::Ddpm | SamplerKind::DpmPP2m => String::new(),
         },
         args.seed
     );

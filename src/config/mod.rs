@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 
 mod cache;
 mod model;
+mod objective;
 mod train;
 
 pub use cache::CacheImages;
 pub use model::{ActivationCheckpointing, Attention, ModelConfig, Precision, RuntimeConfig};
+pub use objective::{Loss, LossWeighting, Prediction};
 pub use train::{ClassLayout, EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
 
 /// The config file commands read when none is named.
@@ -28,11 +30,13 @@ pub struct DiffusionConfig {
     pub beta_start: f64,
     /// Last value of the linear beta schedule.
     pub beta_end: f64,
+    /// What the model's output means: `epsilon` (the original's), `x0` or `v`.
+    pub prediction: Prediction,
 }
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
-        Self { max_t: 1000, beta_start: 0.0001, beta_end: 0.02 }
+        Self { max_t: 1000, beta_start: 0.0001, beta_end: 0.02, prediction: Prediction::Epsilon }
     }
 }
 
@@ -107,8 +111,12 @@ impl TryFrom<serde_json::Value> for Config {
                 };
             }
         }
+        // The path names the field even where serde's own message does not (an enum's value).
         let Sections { model, diffusion, train, runtime } =
-            serde_json::from_value(value).map_err(|e| e.to_string())?;
+            serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string() {
+                path if path == "." => e.inner().to_string(),
+                path => format!("{path}: {}", e.inner()),
+            })?;
         Ok(Self { model, diffusion, train, runtime })
     }
 }
@@ -216,6 +224,11 @@ mod tests {
         assert!(budget.contains("train.cache_images") && budget.contains("\"12XB\""), "{budget}");
         assert!(!budget.contains('\n'), "{budget}");
         assert!(err(r#"{"train": {"classes": "flat"}}"#).contains("flat"));
+        let prediction = err(r#"{"diffusion": {"prediction": "x1"}}"#);
+        assert!(prediction.contains("diffusion.prediction") && prediction.contains("x1"), "{prediction}");
+        assert!(err(r#"{"train": {"loss": "l3"}}"#).contains("train.loss"));
+        assert!(err(r#"{"train": {"loss_weighting": "snr"}}"#).contains("train.loss_weighting"));
+        assert!(err(r#"{"train": {"min_snr_gamma": 0}}"#).contains("train.min_snr_gamma"));
     }
 
     #[test]

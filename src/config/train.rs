@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use super::CacheImages;
+use super::{CacheImages, Loss, LossWeighting};
 
 /// Training settings; the first six mirror the original's `config.py` and `train.py`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +49,14 @@ pub struct TrainConfig {
     /// `epoch` × steps per epoch when the run begins. Either way it is saved with the run, so
     /// `--max-steps`, a new `epoch` or batch size on resume do not move it; setting it does.
     pub schedule_steps: Option<i64>,
-    /// Log the `noise_prediction` and `target_noise` histograms every this many steps.
+    /// Distance between prediction and target: `l1` (the original's) or `l2`.
+    pub loss: Loss,
+    /// Weighting of each image's loss by its step: `none` (the original's) or `min_snr`.
+    pub loss_weighting: LossWeighting,
+    /// γ of `min_snr`: the signal-to-noise ratio above which steps stop gaining weight.
+    pub min_snr_gamma: f64,
+    /// Log the `noise_prediction` and `target_noise` histograms (the model's output and its
+    /// target, ε unless `diffusion.prediction` says otherwise) every this many steps.
     pub histogram_every: i64,
     /// Memory for keeping decoded images (as u8) so later epochs decode them no more: `auto`
     /// (a share of the memory available at start), `all`/true, `off`/false, or a size such as
@@ -137,6 +144,10 @@ pub enum SamplerKind {
     Ddpm,
     /// DDIM over a subset of the steps of the same model.
     Ddim,
+    /// DPM-Solver++(2M), a second-order multistep ODE solver, over a subset of the steps.
+    #[serde(rename = "dpmpp_2m")]
+    #[value(name = "dpmpp_2m")]
+    DpmPP2m,
 }
 
 impl SamplerKind {
@@ -145,6 +156,7 @@ impl SamplerKind {
         match self {
             Self::Ddpm => "ddpm",
             Self::Ddim => "ddim",
+            Self::DpmPP2m => "dpmpp_2m",
         }
     }
 }
@@ -189,6 +201,9 @@ impl Default for TrainConfig {
             warmup_steps: 0,
             min_lr: 0.0,
             schedule_steps: None,
+            loss: Loss::L1,
+            loss_weighting: LossWeighting::None,
+            min_snr_gamma: 5.0,
             histogram_every: 100,
             cache_images: CacheImages::Auto,
             cfg_dropout: 0.0,
@@ -242,6 +257,11 @@ impl TrainConfig {
         if let Some(n) = self.schedule_steps {
             ensure!(n > 0, "train.schedule_steps must be a positive integer or null, got {n}");
         }
+        ensure!(
+            self.min_snr_gamma > 0.0 && self.min_snr_gamma.is_finite(),
+            "train.min_snr_gamma must be a positive number, got {}",
+            self.min_snr_gamma
+        );
         ensure!(
             self.histogram_every > 0,
             "train.histogram_every must be a positive integer, got {}",

@@ -232,7 +232,7 @@ fn log_step(tb: &mut Logger, tr: &Trainer, out: &StepOutput, loss: f64, lr: f64)
     tb.scalar("train/grad_norm", step, out.grad_norm.double_value(&[]))?;
     if step % tr.config().train.histogram_every == 0 {
         tb.histogram("noise_prediction", step, &out.prediction)?;
-        tb.histogram("target_noise", step, &out.noise)?;
+        tb.histogram("target_noise", step, &out.target)?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 mod data_identity;
 mod epoch;
+mod objective;
 mod preview;
 mod probe;
 mod resume;

@@ -45,7 +45,7 @@ pub(super) fn replicate(tr: &Trainer, pg: &ProcessGroup) -> Result<()> {
 
 /// One data-parallel step's results.
 pub(super) struct ShardStep {
-    /// The loss is the global batch's mean; prediction and noise are this rank's rows.
+    /// The loss is the global batch's mean; prediction and target are this rank's rows.
     pub out: StepOutput,
     /// Some rank asked to stop (a signal): every rank stops after this step.
     pub stop: bool,
@@ -66,11 +66,12 @@ impl Trainer {
             drop: all.drop.as_ref().map(|d| d.index_select(0, &rows)),
         };
         optim::zero_grad(&self.params);
-        let (loss_sum, prediction) = if batch.is_empty() {
-            (Tensor::zeros([], (Kind::Float, device)), Tensor::zeros([0], (Kind::Float, device)))
+        let (loss_sum, prediction, target) = if batch.is_empty() {
+            let none = || Tensor::zeros([0], (Kind::Float, device));
+            (Tensor::zeros([], (Kind::Float, device)), none(), none())
         } else {
             // Weight n_k: the gradients of Σ over this rank's images of each image's mean
-            // |ε − prediction|, in micro-batches when train.grad_accum_steps > 1.
+            // loss, in micro-batches when train.grad_accum_steps > 1.
             self.accumulate(&batch.images, &batch.labels, &draws, |k| k as f64)
         };
         ensure_grads(&self.params);
@@ -92,7 +93,7 @@ impl Trainer {
         });
         let grad_norm = optim::clip_grad_norm(&self.params, self.config().train.grad_clip);
         let loss = Tensor::from(s[0] / s[1]);
-        let out = StepOutput { loss, prediction, noise: draws.noise, grad_norm };
+        let out = StepOutput { loss, prediction, target, grad_norm };
         Ok(ShardStep { out, stop: s[2] > 0.0 })
     }
 }

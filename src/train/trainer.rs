@@ -1,6 +1,7 @@
 //! What one training step changes, and the step itself (docs/ORIGINAL.md §4): x0 = image·2 − 1,
-//! t ~ U{0…T−1}, x_t by DDPM eq. 4, L1 between the noise and the model's prediction, then
-//! global-norm clipping, Adam and the EMA. A step of more images than `train.batch_size` runs
+//! t ~ U{0…T−1}, x_t by DDPM eq. 4, L1 between the noise and the model's prediction (or the
+//! objective the config chooses, docs/OBJECTIVES.md), then global-norm clipping, Adam and the
+//! EMA. A step of more images than `train.batch_size` runs
 //! in micro-batches whose gradients add up (`train.grad_accum_steps`), each forward pass
 //! checkpointed when the runtime says so (`crate::model::checkpointing`).
 //!
@@ -13,8 +14,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use super::objective::objective_loss;
 use crate::checkpoint::{self, state, state::TrainMeta};
-use crate::config::{Config, LabelInit};
+use crate::config::{Config, LabelInit, LossWeighting};
 use crate::data;
 use crate::diffusion::Schedule;
 use crate::model::TrainingForward;
@@ -48,7 +50,8 @@ impl Draws {
 pub struct StepOutput {
     pub loss: Tensor,
     pub prediction: Tensor,
-    pub noise: Tensor,
+    /// What the prediction is compared with: ε unless `diffusion.prediction` says otherwise.
+    pub target: Tensor,
     /// Global L2 norm of the gradients before clipping.
     pub grad_norm: Tensor,
 }
@@ -136,16 +139,17 @@ impl Trainer {
     pub fn step_with(&mut self, images: &Tensor, labels: &Tensor, draws: &Draws) -> StepOutput {
         optim::zero_grad(&self.params);
         let n = images.size()[0];
-        let (loss, prediction) = self.accumulate(images, labels, draws, |k| k as f64 / n as f64);
+        let (loss, prediction, target) = self.accumulate(images, labels, draws, |k| k as f64 / n as f64);
         let grad_norm = optim::clip_grad_norm(&self.params, self.config().train.grad_clip);
-        StepOutput { loss, prediction, noise: draws.noise.shallow_clone(), grad_norm }
+        StepOutput { loss, prediction, target, grad_norm }
     }
 
     /// Forward and backward of the images of one optimizer step (`images` (N, C, I, I) u8,
     /// `labels` (N), their rows of the step's `draws`) in micro-batches of `train.batch_size`
     /// images (the last may be shorter): the mean loss of micro-batch k, of n_k images, is
     /// back-propagated with the weight `weight(n_k)`, and the gradients add up (gradient
-    /// accumulation). Returns Σ_k weight(n_k) · loss_k (detached) and the predictions.
+    /// accumulation). Returns Σ_k weight(n_k) · loss_k (detached), the predictions and their
+    /// targets.
     ///
     /// With `weight(n) = n / N` the gradients are those of the mean over the N images, as one
     /// batch of N computes them; with one micro-batch that weight is exactly 1.
@@ -155,40 +159,42 @@ impl Trainer {
         labels: &Tensor,
         draws: &Draws,
         weight: impl Fn(i64) -> f64,
-    ) -> (Tensor, Tensor) {
+    ) -> (Tensor, Tensor, Tensor) {
         let n = images.size()[0];
         let micro = self.config().train.batch_size;
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
-        let mut predictions = Vec::new();
+        let (mut predictions, mut targets) = (Vec::new(), Vec::new());
         for start in (0..n).step_by(micro as usize) {
             let len = micro.min(n - start);
             let rows = |t: &Tensor| t.narrow(0, start, len);
             let slice =
                 Draws { t: rows(&draws.t), noise: rows(&draws.noise), drop: draws.drop.as_ref().map(rows) };
-            let (loss, forward) = self.slice_loss(&rows(images), &rows(labels), &slice);
+            let (loss, forward, target) = self.slice_loss(&rows(images), &rows(labels), &slice);
             let w = weight(len);
             total += loss.detach() * w;
             predictions.push(forward.output.detach());
+            targets.push(target);
             let root = if w == 1.0 { loss } else { loss * w };
             forward.backward(&self.model, &root);
         }
-        let prediction =
-            if predictions.len() == 1 { predictions.remove(0) } else { Tensor::cat(&predictions, 0) };
-        (total, prediction)
+        let join =
+            |mut parts: Vec<Tensor>| if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 0) };
+        (total, join(predictions), join(targets))
     }
 
     /// The loss of a slice of a step's batch, to back-propagate through the returned forward
     /// pass: `images` (B, C, I, I) u8 and `labels` (B) are the slice's, `draws` their rows of
     /// the step's draws. x0 = image·2 − 1, x_t by DDPM eq. 4, the dropped labels replaced by
     /// the "no label" row, and the mean absolute error between ε and the prediction over the
-    /// slice's values. Every path that trains (one process, data-parallel ranks, each
-    /// micro-batch) calls this.
+    /// slice's values (by default; else the target, distance and weighting the config names).
+    /// Every path that trains (one process, data-parallel ranks, each micro-batch) calls this.
+    /// Returns the loss, the forward pass and the target (detached).
     pub(super) fn slice_loss(
         &self,
         images: &Tensor,
         labels: &Tensor,
         draws: &Draws,
-    ) -> (Tensor, TrainingForward) {
+    ) -> (Tensor, TrainingForward, Tensor) {
         let x0 = data::to_model_range(&images.to_device(self.device)); // (B, C, I, I)
         let xt = self.schedule.noised(&x0, &draws.t, &draws.noise);
         let labels = labels.to_device(self.device);
@@ -197,7 +203,15 @@ impl Trainer {
             None => labels,
         };
         let forward = self.model.forward_for_training(&xt, &labels, &draws.t);
-        (forward.output.l1_loss(&draws.noise, tch::Reduction::Mean), forward)
+        let train = &self.config().train;
+        let prediction = self.schedule.prediction;
+        let target = prediction.target(&x0, &draws.noise, &self.schedule.coefficients(&draws.t));
+        let weights = match train.loss_weighting {
+            LossWeighting::None => None,
+            w => prediction.loss_weights(w, train.min_snr_gamma, &self.schedule.snr(&draws.t)),
+        };
+        let loss = objective_loss(&forward.output, &target, train.loss, weights.as_ref());
+        (loss, forward, target)
     }
 
     /// Adam at learning rate `lr`, then the EMA.

@@ -16,8 +16,33 @@ def model_cfg(path):
 
 
 def diffusion_cfg(path):
+    """The schedule's fields of the `diffusion` section (its `prediction` is the objective's)."""
     with open(path) as f:
-        return json.load(f).get("diffusion", {})
+        d = json.load(f).get("diffusion", {})
+    return {k: d[k] for k in ("max_t", "beta_start", "beta_end") if k in d}
+
+
+def objective_loss(config_path, out, x0, noise, ac):
+    """The training loss written from docs/OBJECTIVES.md: the target of diffusion.prediction
+    (epsilon, x0, or v = sqrt(ab)·eps − sqrt(1 − ab)·x0), the distance train.loss (l1, l2), and
+    train.loss_weighting (none, or min_snr: min(SNR, gamma) divided by SNR for epsilon, by 1
+    for x0, by SNR + 1 for v, on each image's mean distance)."""
+    with open(config_path) as f:
+        cfg = json.load(f)
+    train = cfg.get("train", {})
+    prediction = cfg.get("diffusion", {}).get("prediction", "epsilon")
+    a, s = torch.sqrt(ac), torch.sqrt(1 - ac)
+    target = {"epsilon": noise, "x0": x0, "v": a * noise - s * x0}[prediction]
+    loss = train.get("loss", "l1")
+    if train.get("loss_weighting", "none") == "none":
+        f = torch.nn.functional.l1_loss if loss == "l1" else torch.nn.functional.mse_loss
+        return f(out, target)
+    diff = out - target
+    per_image = (diff.abs() if loss == "l1" else diff ** 2).mean(dim=(1, 2, 3))
+    snr = (ac / (1 - ac)).view(-1)
+    clipped = torch.clamp(snr, max=train.get("min_snr_gamma", 5.0))
+    weight = {"epsilon": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+    return (per_image * weight).mean()
 
 
 def cmd_keys(a):
@@ -86,8 +111,9 @@ def cmd_adam(a):
 
 def cmd_step(a):
     """One training step as the project's trainer runs it, written from the specification: x0 =
-    image/255·2 − 1, x_t with the given t and noise, L1 loss, backward, global-norm clipping
-    (train.grad_clip), one torch.optim.Adam step (train.lr), then the EMA (train.ema_decay)."""
+    image/255·2 − 1, x_t with the given t and noise, the loss (L1 on epsilon by default, else the
+    config's objective), backward, global-norm clipping (train.grad_clip), one
+    torch.optim.Adam step (train.lr), then the EMA (train.ema_decay)."""
     with open(a.config) as f:
         train = json.load(f).get("train", {})
     model = reference.build(model_cfg(a.config), a.attention)
@@ -97,7 +123,7 @@ def cmd_step(a):
     x0 = inputs["images"].float() / 255 * 2 - 1
     ac = d.alphas_cumprod[inputs["t"]].view(-1, 1, 1, 1)
     xt = torch.sqrt(ac) * x0 + torch.sqrt(1 - ac) * inputs["noise"]
-    loss = torch.nn.functional.l1_loss(model(xt, inputs["labels"], inputs["t"]), inputs["noise"])
+    loss = objective_loss(a.config, model(xt, inputs["labels"], inputs["t"]), x0, inputs["noise"], ac)
     ema = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=train.get("lr", 1e-6))
     opt.zero_grad()

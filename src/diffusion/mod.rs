@@ -2,11 +2,18 @@
 //! computes it (docs/ORIGINAL.md §4): a linear beta schedule in float32, forward noising
 //! (eq. 4), and the ancestral sampling step (Algorithm 2) with the original's clamp of x to
 //! [−1, 1] after every step. All tables are built with libtorch's own ops, in the original's
-//! order, so they equal PyTorch's bit for bit.
+//! order, so they equal PyTorch's bit for bit. What the model's output means is in
+//! `prediction`; the few-step DPM-Solver++ in `dpm_solver`.
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::DiffusionConfig;
+use crate::config::{DiffusionConfig, Prediction};
+
+mod dpm_solver;
+mod prediction;
+
+pub use dpm_solver::Previous;
+pub use prediction::Coefficients;
 
 /// 1 − t, rounded once as PyTorch's `1 - t` is.
 fn one_minus(t: &Tensor) -> Tensor {
@@ -25,6 +32,8 @@ pub struct Schedule {
     pub alphas_cumprod_prev: Tensor,
     /// Posterior variance σ²_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) (DDPM eq. 7)
     pub variance: Tensor,
+    /// What the model trained on this schedule predicts.
+    pub prediction: Prediction,
 }
 
 impl Schedule {
@@ -37,7 +46,15 @@ impl Schedule {
         let alphas_cumprod_prev =
             Tensor::cat(&[Tensor::ones([1], opts), alphas_cumprod.narrow(0, 0, t - 1)], 0);
         let variance = one_minus(&alphas) * one_minus(&alphas_cumprod_prev) / one_minus(&alphas_cumprod);
-        Self { max_t: t, betas, alphas, alphas_cumprod, alphas_cumprod_prev, variance }
+        Self {
+            max_t: t,
+            betas,
+            alphas,
+            alphas_cumprod,
+            alphas_cumprod_prev,
+            variance,
+            prediction: cfg.prediction,
+        }
     }
 
     /// Forward noising (DDPM eq. 4): x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε with ε = randn_like(x0).
@@ -105,13 +122,20 @@ impl Schedule {
     /// the original's clamped ancestral step on a shorter schedule. Re-deriving ε̂ from the
     /// clamped x̂0 and other step spacings measured no better than 2% apart.
     pub fn ddim_step(&self, x: &Tensor, eps: &Tensor, t: i64, t_prev: Option<i64>, eta: f64) -> Tensor {
+        // 1. predicted x0 (eq. 12, first bracket)
+        let x0 = Prediction::Epsilon.x0(eps, x, &self.coefficients_at(t));
+        self.ddim_step_from(eps, &x0, t, t_prev, eta)
+    }
+
+    /// [`Schedule::ddim_step`] from a model's ε̂ and x̂0 (unclamped; step 1 clamps it), for
+    /// models that predict something other than ε.
+    pub fn ddim_step_from(&self, eps: &Tensor, x0: &Tensor, t: i64, t_prev: Option<i64>, eta: f64) -> Tensor {
         let alpha_bar = self.alphas_cumprod.get(t);
         let alpha_bar_prev = match t_prev {
             Some(s) => self.alphas_cumprod.get(s),
             None => Tensor::ones([], (Kind::Float, self.alphas_cumprod.device())),
         };
-        // 1. predicted x0 (eq. 12, first bracket)
-        let x0 = ((x - one_minus(&alpha_bar).sqrt() * eps) / alpha_bar.sqrt()).clamp(-1.0, 1.0);
+        let x0 = x0.clamp(-1.0, 1.0);
         // 2. σ_t (eq. 16)
         let sigma = (one_minus(&alpha_bar_prev) / one_minus(&alpha_bar)).sqrt()
             * one_minus(&(&alpha_bar / &alpha_bar_prev)).sqrt()

@@ -1,0 +1,55 @@
+//! The training objective's choices (docs/OBJECTIVES.md): what the model's output means
+//! (`diffusion.prediction`), the distance between it and its target (`train.loss`) and how the
+//! steps t are weighted (`train.loss_weighting`). The defaults are the original's: ε, L1,
+//! every t alike.
+
+use serde::{Deserialize, Serialize};
+
+/// What the model predicts from (x_t, t). The network is the same for every choice; only the
+/// meaning of its output, the training target and the samplers' conversion change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Prediction {
+    /// The noise ε that made x_t (the original's).
+    #[default]
+    Epsilon,
+    /// The clean image x0.
+    X0,
+    /// The velocity v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x0 (Salimans & Ho 2022).
+    V,
+}
+
+impl Prediction {
+    /// The name the config and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Epsilon => "epsilon",
+            Self::X0 => "x0",
+            Self::V => "v",
+        }
+    }
+}
+
+/// The distance between the prediction and its target, averaged over the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Loss {
+    /// Mean absolute error (the original's).
+    #[default]
+    L1,
+    /// Mean squared error.
+    L2,
+}
+
+/// How each image's loss is weighted by its step t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LossWeighting {
+    /// Every t alike (the original's).
+    #[default]
+    None,
+    /// Min-SNR-γ (Hang et al. 2023): the x0-space weight min(SNR_t, γ), expressed for the
+    /// prediction target (ε: min(SNR, γ)/SNR; x0: min(SNR, γ); v: min(SNR, γ)/(SNR + 1)).
+    #[value(name = "min_snr")]
+    MinSnr,
+}
