@@ -1,5 +1,5 @@
 //! dit::distributed across real processes. First through the `dist_smoke` test helper
-//! (src/bin/dist_smoke.rs): the collectives under torchrun, and the failures: a config that
+//! (examples/dist_smoke/): the collectives under torchrun, and the failures: a config that
 //! differs between ranks, a rank killed or exiting, the store's host lost, a wrong port, a
 //! missing peer. Then data-parallel training with the `train` binary: 2 processes × batch b
 //! against 1 × 2b, resuming (in 2 processes, and from 2 to 1), a rank killed, a config that
@@ -20,7 +20,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SMOKE: &str = env!("CARGO_BIN_EXE_dist_smoke");
+/// The `dist_smoke` example, which `cargo test` builds beside the binaries.
+fn smoke() -> std::path::PathBuf {
+    Path::new(TRAIN).parent().unwrap().join("examples/dist_smoke")
+}
+
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 
 fn free_port() -> u16 {
@@ -36,7 +40,7 @@ struct Rank {
 
 impl Rank {
     fn start(rank: usize, world: usize, port: u16, args: &[&str]) -> Rank {
-        Rank::spawn(Command::new(SMOKE).args(args), rank, world, port)
+        Rank::spawn(Command::new(smoke()).args(args), rank, world, port)
     }
 
     /// `train` as rank `rank`, in `dir`.
@@ -131,13 +135,13 @@ fn own_error(stderr: &str) -> &str {
 
 fn torchrun(args: &[&str]) -> (ExitStatus, String, Duration) {
     let start = Instant::now();
-    let out = torchrun_command(SMOKE).args(args).output().unwrap();
+    let out = torchrun_command(smoke()).args(args).output().unwrap();
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status, text, start.elapsed())
 }
 
 /// torchrun starting two copies of `program` on this machine, on a free port.
-fn torchrun_command(program: &str) -> Command {
+fn torchrun_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let torchrun = common::root().join(".venv/bin/torchrun");
     assert!(torchrun.exists(), "{} is missing: run scripts/setup", torchrun.display());
     let port = free_port().to_string();
@@ -150,8 +154,8 @@ fn torchrun_command(program: &str) -> Command {
         "127.0.0.1",
         "--master-port",
         &port,
-        program,
     ]);
+    command.arg(program);
     command
 }
 

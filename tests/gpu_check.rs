@@ -14,7 +14,7 @@ fn bin_dir(dir: &Path) -> PathBuf {
     for (name, path) in [
         ("train", exe.clone()),
         ("sample", PathBuf::from(env!("CARGO_BIN_EXE_sample"))),
-        ("dist_smoke", PathBuf::from(env!("CARGO_BIN_EXE_dist_smoke"))),
+        ("dist_smoke", target.join("examples/dist_smoke")),
         ("gpu_check", target.join("examples/gpu_check")),
     ] {
         assert!(path.is_file(), "{} is not built", path.display());
