@@ -1,8 +1,8 @@
 """Draws the Loss/batch curve of a TensorBoard log folder into a PNG with labelled axes (step,
-L1 loss) and tick values; the raw losses in light blue, their 50-step running mean in red.
+loss) and tick values; the raw losses in light blue, their 50-step running mean in red.
 Used for assets/.
 
-    .venv/bin/python scripts/plot_loss.py runs/quickstart assets/quickstart_loss.png"""
+    .venv/bin/python scripts/plot_loss.py runs/quickstart assets/quickstart_loss.png [TITLE]"""
 
 import sys
 
@@ -40,7 +40,8 @@ def main():
     g.point([(x_of(s), y_of(v)) for s, v in points], fill=(170, 190, 230))
     g.line([(x_of(s), y_of(v)) for (s, _), v in zip(points, smooth)], fill=(200, 30, 30), width=2)
     g.text(((LEFT + W - RIGHT) / 2, H - 14), "training step", fill="black", anchor="mm")
-    g.text((LEFT, 12), "Loss/batch (L1 between the noise and its prediction); red: 50-step mean", fill="black", anchor="lm")
+    title = sys.argv[3] if len(sys.argv) > 3 else "Loss/batch"
+    g.text((LEFT, 12), f"{title}; red: 50-step mean", fill="black", anchor="lm")
     img.save(out)
     print(f"{out}: {len(points)} steps, loss {points[0][1]:.3f} -> {smooth[-1]:.3f} (50-step mean); y axis 0..{top:.2f}")
 
