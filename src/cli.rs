@@ -1,5 +1,5 @@
 //! What the binaries share: one-line errors with a non-zero exit code instead of anyhow's
-//! multi-line report, the `--device` choice, and the flags that override config fields.
+//! and clap's multi-line reports, the `--device` choice, and the flags that override config fields.
 
 use std::process::ExitCode;
 
@@ -25,6 +25,26 @@ fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
+}
+
+/// The command line parsed into `T`; a mistake in it (an unknown flag, a value outside a
+/// flag's choices) ends the process with clap's message on one line and exit code 2, as clap's
+/// own exit does; `--help` and `--version` print as clap prints them.
+pub fn parse_args<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|err| {
+        use clap::error::ErrorKind;
+        if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            err.exit();
+        }
+        let text = err.render().to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+            .collect();
+        eprintln!("{}", lines.join(" "));
+        std::process::exit(2);
+    })
 }
 
 /// Runs a command's body; an error prints as one line, `error: outer context: … : cause`.

@@ -385,6 +385,19 @@ fn schedule_for(prediction: Prediction) -> Schedule {
     Schedule::new(&DiffusionConfig { prediction, ..Default::default() }, Device::Cpu)
 }
 
+/// The exact denoiser of a point mass: its x̂0 is the point whatever x_t is, answered as a model
+/// predicting `schedule.prediction` would.
+fn point_oracle<'a>(
+    schedule: &'a Schedule,
+    point: &'a Tensor,
+) -> impl FnMut(&Tensor, &Tensor) -> Tensor + 'a {
+    move |x: &Tensor, t: &Tensor| {
+        let c = schedule.coefficients(t);
+        let eps = (x - &c.signal * point) / &c.noise;
+        schedule.prediction.target(point, &eps, &c)
+    }
+}
+
 fn dpm(steps: i64, keep: Vec<i64>) -> SampleOptions {
     SampleOptions { sampler: SamplerKind::DpmPP2m, steps, eta: 0.0, keep, guidance: None }
 }
@@ -397,12 +410,7 @@ fn dpm_solver_with_a_point_mass_oracle_lands_on_the_point_along_the_exact_path()
     let noise = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
     for prediction in [Prediction::Epsilon, Prediction::X0, Prediction::V] {
         let s = schedule_for(prediction);
-        // The true x0 of a point mass is the point, whatever x_t is.
-        let mut oracle = |x: &Tensor, t: &Tensor| {
-            let c = s.coefficients(t);
-            let eps = (x - &c.signal * &point) / &c.noise;
-            prediction.target(&point, &eps, &c)
-        };
+        let mut oracle = point_oracle(&s, &point);
         let steps = 10;
         let (x, kept) = sampling::sample_with(
             &s,
@@ -468,7 +476,7 @@ fn dpm_solver_is_second_order_on_gaussian_data_for_every_prediction() {
 }
 
 #[test]
-fn every_sampler_runs_for_every_prediction_and_ddpm_of_an_x0_oracle_lands_on_its_point() {
+fn every_sampler_lands_on_the_point_of_a_point_mass_oracle_for_every_prediction() {
     let _rng = rng_lock();
     tch::manual_seed(8);
     let point = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu)) * 1.6 - 0.8;
@@ -478,11 +486,7 @@ fn every_sampler_runs_for_every_prediction_and_ddpm_of_an_x0_oracle_lands_on_its
         for (sampler, steps, eta) in
             [(SamplerKind::Ddpm, 1000, 0.0), (SamplerKind::Ddim, 50, 1.0), (SamplerKind::Ddim, 50, 0.0)]
         {
-            let mut oracle = |x: &Tensor, t: &Tensor| {
-                let c = s.coefficients(t);
-                let eps = (x - &c.signal * &point) / &c.noise;
-                prediction.target(&point, &eps, &c)
-            };
+            let mut oracle = point_oracle(&s, &point);
             let opts = SampleOptions { sampler, steps, eta, keep: vec![], guidance: None };
             let (x, _) = sampling::sample_with(&s, &opts, noise.copy(), &mut oracle, &mut |_, _| {}).unwrap();
             // DDPM's last step (s = 0) and DDIM's return the x̂0 the oracle implies.

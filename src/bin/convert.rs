@@ -22,7 +22,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = dit::cli::parse_args();
     dit::cli::run(|| {
         let cfg = dit::Config::resolve(args.config.as_deref())?;
         let n = dit::checkpoint::convert(&args.input, &args.output, &cfg.model)?;

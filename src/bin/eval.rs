@@ -43,7 +43,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = dit::cli::parse_args();
     dit::cli::run(|| run(&args))
 }
 

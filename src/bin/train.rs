@@ -29,7 +29,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = dit::cli::parse_args();
     dit::cli::run(|| {
         let mut cfg = dit::Config::resolve(args.config.as_deref())?;
         args.overrides.apply(&mut cfg)?;
