@@ -1,9 +1,9 @@
 //! What one training step changes, and the step itself (docs/ORIGINAL.md §4): x0 = image·2 − 1,
 //! t ~ U{0…T−1}, x_t by DDPM eq. 4, L1 between the noise and the model's prediction (or the
 //! objective the config chooses, docs/OBJECTIVES.md), then global-norm clipping, Adam and the
-//! EMA. A step of more images than `train.batch_size` runs
-//! in micro-batches whose gradients add up (`train.grad_accum_steps`), each forward pass
-//! checkpointed when the runtime says so (`crate::model::checkpointing`).
+//! EMA. A step of more images than `train.batch_size` runs in micro-batches whose gradients
+//! add up (`train.grad_accum_steps`), each forward pass checkpointed when the runtime says so
+//! (`crate::model::checkpointing`).
 //!
 //! Every random draw of step s comes from `manual_seed(step_seed(seed, s))`, in the order t
 //! (CPU), ε (the training device, the shape of x0), label dropout (CPU, only when enabled), so a
