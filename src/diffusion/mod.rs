@@ -66,8 +66,7 @@ impl Schedule {
 
     /// x_t for a given ε (DDPM eq. 4): sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε, all on one device.
     pub fn noised(&self, x0: &Tensor, t: &Tensor, noise: &Tensor) -> Tensor {
-        let ac = self.alphas_cumprod.index_select(0, t).view([-1, 1, 1, 1]); // (B, 1, 1, 1)
-        ac.sqrt() * x0 + one_minus(&ac).sqrt() * noise
+        self.coefficients(t).noised(x0, noise)
     }
 
     /// One ancestral step at s (DDPM Algorithm 2, line 4), then the original's clamp:

@@ -17,6 +17,13 @@ pub struct Coefficients {
     pub noise: Tensor,
 }
 
+impl Coefficients {
+    /// x_t = α_t·x0 + σ_t·ε (DDPM eq. 4).
+    pub fn noised(&self, x0: &Tensor, eps: &Tensor) -> Tensor {
+        &self.signal * x0 + &self.noise * eps
+    }
+}
+
 impl Schedule {
     /// The coefficients of the steps `t` (B) int64, as (B, 1, 1, 1).
     pub fn coefficients(&self, t: &Tensor) -> Coefficients {

@@ -196,7 +196,8 @@ impl Trainer {
         draws: &Draws,
     ) -> (Tensor, TrainingForward, Tensor) {
         let x0 = data::to_model_range(&images.to_device(self.device)); // (B, C, I, I)
-        let xt = self.schedule.noised(&x0, &draws.t, &draws.noise);
+        let c = self.schedule.coefficients(&draws.t);
+        let xt = c.noised(&x0, &draws.noise);
         let labels = labels.to_device(self.device);
         let labels = match &draws.drop {
             Some(drop) => labels.masked_fill(drop, self.config().model.label_num),
@@ -205,7 +206,7 @@ impl Trainer {
         let forward = self.model.forward_for_training(&xt, &labels, &draws.t);
         let train = &self.config().train;
         let prediction = self.schedule.prediction;
-        let target = prediction.target(&x0, &draws.noise, &self.schedule.coefficients(&draws.t));
+        let target = prediction.target(&x0, &draws.noise, &c);
         let weights = match train.loss_weighting {
             LossWeighting::None => None,
             w => prediction.loss_weights(w, train.min_snr_gamma, &self.schedule.snr(&draws.t)),
