@@ -8,6 +8,7 @@
 //!   bench sample   CONFIG SAMPLER STEPS seconds for a whole DDIM/DDPM sample of one image
 //!   bench loader   CONFIG DATA STEPS    share of the step time spent waiting for data, in the
 //!                                       first epoch and after it (cached)
+//!   bench caps                          whether the device computes bf16 natively
 //!
 //! `BENCH_DEVICE=cuda` measures on the GPU (`scripts/gpu_bench`), `BENCH_PRECISION=bf16` in
 //! mixed precision; the default is the CPU in fp32.
@@ -92,6 +93,11 @@ fn main() -> std::process::ExitCode {
 fn run_bench() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).context("usage: bench train|forward|sample|loader CONFIG ARG STEPS")?.clone();
+    if what == "caps" {
+        // What `precision: auto` decides here, for the scripts to skip emulated bf16.
+        println!("{{\"native_bf16\": {}}}", dit::model::compute::native_bf16(device()?));
+        return Ok(());
+    }
     let batch = match what.as_str() {
         "train" => Some(
             args.get(3).context("usage: bench train CONFIG BATCH STEPS")?.parse::<i64>().context("BATCH")?,

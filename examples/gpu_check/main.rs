@@ -48,6 +48,7 @@ impl Variant {
         let p = match self.precision {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
+            Precision::Auto => "auto",
         };
         let a = if self.attention == Attention::Fused { "fused" } else { "naive" };
         let c = if self.checkpointing { " checkpointed" } else { "" };
@@ -191,7 +192,7 @@ fn check_tokens(tokens: i64, device: Device) -> Result<bool> {
         // What two correct implementations on the CPU differ by, for this quantity.
         let reference = match v.precision {
             Precision::Fp32 => &cpu[1 - (i % 2)], // the other attention kernel, fp32
-            Precision::Bf16 => &cpu[i - 2],       // the same kernel in fp32
+            Precision::Bf16 | Precision::Auto => &cpu[i - 2], // the same kernel in fp32
         };
         let verdict = Verdict::judge(v.precision, &dev, &cpu[i], reference, &w0, LR);
         all &= verdict.pass;

@@ -16,8 +16,11 @@ pub enum Precision {
     /// float32, as under `torch.autocast(dtype=torch.bfloat16)`. Unlike autocast, the
     /// modulation's linear (on the (B, E) conditioning) stays float32: it is cheap, and its
     /// scales multiply every token. Meant for CUDA; on a CPU with AVX-512 BF16 it measured
-    /// 1.2–1.6× faster than fp32.
+    /// 1.2–1.6× faster than fp32, on one without (AVX2 only) 14× slower.
     Bf16,
+    /// `bf16` where the device multiplies bfloat16 natively, `fp32` elsewhere
+    /// (`crate::model::compute::native_bf16` says how that is detected).
+    Auto,
 }
 
 /// How attention is computed. Both give the original's numbers (the parity tests run both);
@@ -130,7 +133,7 @@ impl ModelConfig {
 pub struct RuntimeConfig {
     /// The attention kernel.
     pub attention: Attention,
-    /// `fp32` (the original's) or `bf16` mixed precision.
+    /// `fp32` (the original's), `bf16` mixed precision, or `auto`.
     pub precision: Precision,
     /// `none` (the original's) or `blocks`: recompute each block in the backward pass.
     pub activation_checkpointing: ActivationCheckpointing,

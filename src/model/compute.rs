@@ -42,8 +42,75 @@ impl Compute {
         let dtype = match runtime.precision {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
+            Precision::Auto if native_bf16(device) => Kind::BFloat16,
+            Precision::Auto => Kind::Float,
         };
         let checkpoint_blocks = runtime.activation_checkpointing == ActivationCheckpointing::Blocks;
         Self { kernel, dtype, checkpoint_blocks }
+    }
+}
+
+/// One line for the start of a run: "attention naive, fp32".
+impl std::fmt::Display for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kernel = if self.kernel == Kernel::Fused { "fused" } else { "naive" };
+        let dtype = if self.dtype == Kind::BFloat16 { "bf16 mixed precision" } else { "fp32" };
+        let recompute = if self.checkpoint_blocks { ", blocks recomputed in the backward pass" } else { "" };
+        write!(f, "attention {kernel}, {dtype}{recompute}")
+    }
+}
+
+/// Whether `precision: auto` computes in bfloat16 on `device`.
+///
+/// On the CPU: when the processor has bfloat16 dot-product instructions (AVX-512 BF16 on x86-64,
+/// the BF16 extension on AArch64), as the standard library's feature detection reads them from
+/// CPUID or HWCAP. Without them libtorch converts every bfloat16 product to float32
+/// and back: measured 12–15× slower per matrix product than float32 on an AVX2 EPYC, so fp32.
+/// On CUDA: false until bf16 training has been checked on a GPU (`scripts/gpu_check`).
+pub fn native_bf16(device: Device) -> bool {
+    device == Device::Cpu && cpu_native_bf16()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_native_bf16() -> bool {
+    // Every processor with AMX-BF16 (Sapphire Rapids on) also has AVX-512 BF16, and the
+    // standard library's AMX detection is not stable yet.
+    std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(target_arch = "aarch64")]
+fn cpu_native_bf16() -> bool {
+    std::arch::is_aarch64_feature_detected!("bf16")
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn cpu_native_bf16() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_precision_follows_the_cpus_bf16_support_and_explicit_choices_are_kept() {
+        let at =
+            |precision| Compute::resolve(&RuntimeConfig { precision, ..Default::default() }, Device::Cpu, 64);
+        assert_eq!(at(Precision::Fp32).dtype, Kind::Float);
+        assert_eq!(at(Precision::Bf16).dtype, Kind::BFloat16);
+        let expected = if cpu_native_bf16() { Kind::BFloat16 } else { Kind::Float };
+        assert_eq!(at(Precision::Auto).dtype, expected);
+        let cuda = RuntimeConfig { precision: Precision::Auto, ..Default::default() };
+        assert_eq!(Compute::resolve(&cuda, Device::Cuda(0), 64).dtype, Kind::Float);
+    }
+
+    /// The kernel's own account of the processor agrees with CPUID as the standard library reads it.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn bf16_detection_agrees_with_proc_cpuinfo() {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+        let listed = flags.split_whitespace().any(|f| f == "avx512_bf16");
+        assert_eq!(native_bf16(Device::Cpu), listed, "{flags}");
     }
 }

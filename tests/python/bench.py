@@ -2,8 +2,9 @@
 process, printed as a JSON line. BENCH_DEVICE=cuda measures on the GPU (scripts/gpu_bench);
 the default is the CPU. BENCH_PY_MODE picks the PyTorch peer: `original` (default: naive
 attention, fp32, as the original computes it), `sdpa` (fused scaled_dot_product_attention with
-the original's 1/sqrt(L) scale, fp32), `bf16` (sdpa under bf16 autocast, eager) and `compile`
-(the same under torch.compile)."""
+the original's 1/sqrt(L) scale, fp32, eager), `bf16` (sdpa under bf16 autocast, eager),
+`compile` (sdpa fp32 under torch.compile) and `compile_bf16` (sdpa under bf16 autocast and
+torch.compile)."""
 
 import contextlib
 
@@ -15,6 +16,7 @@ import time
 
 import torch
 
+import golden
 import reference
 
 
@@ -22,17 +24,19 @@ def main():
     what, config, arg, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     with open(config) as f:
         cfg = json.load(f)
-    m, d = cfg.get("model", {}), cfg.get("diffusion", {})
+    m = cfg.get("model", {})
     dev = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
     torch.manual_seed(0)
     mode = os.environ.get("BENCH_PY_MODE", "original")
-    if mode not in ("original", "sdpa", "bf16", "compile"):
-        sys.exit(f"BENCH_PY_MODE={mode}: expected original, sdpa, bf16 or compile")
+    modes = ("original", "sdpa", "bf16", "compile", "compile_bf16")
+    if mode not in modes:
+        sys.exit(f"BENCH_PY_MODE={mode}: expected one of {', '.join(modes)}")
+    compiled = mode.startswith("compile")
     model = reference.build(m, None if mode == "original" else "fused").to(dev)
-    forward = torch.compile(model) if mode == "compile" else model
+    forward = torch.compile(model) if compiled else model
 
     def autocast():
-        if mode in ("bf16", "compile"):
+        if mode in ("bf16", "compile_bf16"):
             return torch.autocast(dev.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -40,7 +44,7 @@ def main():
     out = {}
     if what == "train":
         b = int(arg)
-        diffusion = reference.Diffusion(**d)
+        diffusion = reference.Diffusion(**golden.diffusion_cfg(config))
         diffusion.alphas_cumprod = diffusion.alphas_cumprod.to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.get("train", {}).get("lr", 1e-6))
         images = torch.randint(0, 256, (b, channel, size, size), dtype=torch.uint8)
@@ -50,15 +54,17 @@ def main():
             x = images.to(dev).float() / 255 * 2 - 1
             t = torch.randint(0, diffusion.max_t, (b,), device=dev)
             xt, noise = diffusion.add_noise(x, t)
+            ac = diffusion.alphas_cumprod[t].view(b, 1, 1, 1)
             with autocast():
-                loss = torch.nn.functional.l1_loss(noise, forward(xt, y, t))
+                # The config's objective, as the Rust step computes it (the original's: L1 on ε).
+                loss = golden.objective_loss(config, forward(xt, y, t), x, noise, ac)
             opt.zero_grad()
             loss.backward()
             opt.step()
             return loss.item()
 
         step()
-        if mode == "compile":
+        if compiled:
             step()  # the second call may still compile (the first step changed optimizer state)
         start = time.perf_counter()
         for _ in range(steps):
