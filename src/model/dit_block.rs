@@ -48,8 +48,10 @@ impl DiTBlock {
     }
 
     /// Applies several linears that share an input as one matrix product, in the input's
-    /// precision; the parameters keep their own names, shapes and float32 values. The
-    /// concatenation is a copy of the weights per call (288 KiB for q/k/v at width 64, 6 heads).
+    /// precision; the parameters keep their own names, shapes and float32 values. Used for the
+    /// six modulation linears, whose input is the (B, E) conditioning. Not for q/k/v: there the
+    /// split's backward concatenates (B, L, 3·H·E) gradients, and three products measured 12%
+    /// less CPU per training step at 32² (64 tokens) with fused attention.
     fn fused_linear(layers: &[nn::Linear], x: &Tensor) -> Tensor {
         let ws: Vec<&Tensor> = layers.iter().map(|l| &l.ws).collect();
         let bs: Vec<&Tensor> = layers.iter().map(|l| l.bs.as_ref().expect("linear has a bias")).collect();
@@ -69,11 +71,8 @@ impl DiTBlock {
         let u: Tensor = self.ln_1.forward(x) * (1.0 + gama_1) + beita_1;
         let u = cast(&u, compute); // (B, L, E)
 
-        // chunk (a split) differentiates into one cat; selecting from a permuted 5-D view
-        // would cost three full-size zero-filled copies in the backward pass.
         let heads = |t: &Tensor| t.view([b, l, h, e]).transpose(1, 2); // (B, H, L, E)
-        let qkv = Self::fused_linear(&self.qkv, &u).chunk(3, -1); // 3 × (B, L, H·E)
-        let (q, k, v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
+        let [q, k, v] = self.qkv.each_ref().map(|layer| heads(&linear(layer, &u)));
         // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
         // the heads forward, which is the token count. Weight exchange depends on keeping it.
         let o = match how.kernel {
