@@ -28,7 +28,7 @@ pub enum Precision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Attention {
-    /// `naive` on the CPU below 256 tokens, where it is faster; `fused` otherwise.
+    /// `naive` on the CPU below 64 tokens, where it is faster; `fused` otherwise.
     #[default]
     Auto,
     /// libtorch's fused `scaled_dot_product_attention`, scale passed as 1/sqrt(L).
