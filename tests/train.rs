@@ -516,6 +516,8 @@ fn the_prediction_target_is_recorded_used_by_sample_and_fixed_on_resume() {
         ["--prediction", "v", "--loss", "l2", "--loss-weighting", "min_snr", "--min-snr-gamma", "4"];
     let out = train(d, &[&["--checkpoint", "v.ot", "--max-steps", "2"][..], &objective].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = String::from_utf8_lossy(&out.stdout);
+    assert!(start.contains("objective: v prediction, L2 loss, Min-SNR-4 weighting"), "{start}");
     let st = dit::checkpoint::state::load(&d.join("v.ot.state.safetensors")).unwrap();
     let c = &st.meta.config;
     assert_eq!((c.diffusion.prediction, c.train.loss), (Prediction::V, Loss::L2));

@@ -14,7 +14,7 @@ mod train;
 
 pub use cache::CacheImages;
 pub use model::{ActivationCheckpointing, Attention, ModelConfig, Precision, RuntimeConfig};
-pub use objective::{Loss, LossWeighting, Prediction};
+pub use objective::{describe_objective, Loss, LossWeighting, Prediction};
 pub use train::{ClassLayout, EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
 
 /// The config file commands read when none is named.

@@ -53,3 +53,38 @@ pub enum LossWeighting {
     #[value(name = "min_snr")]
     MinSnr,
 }
+
+/// One line for the start of a run: "x0 prediction, L1 loss, Min-SNR-5 weighting".
+pub fn describe_objective(
+    prediction: Prediction,
+    loss: Loss,
+    weighting: LossWeighting,
+    gamma: f64,
+) -> String {
+    let loss = if loss == Loss::L1 { "L1" } else { "L2" };
+    let weighting = match weighting {
+        LossWeighting::None => "every t alike".to_string(),
+        LossWeighting::MinSnr => format!("Min-SNR-{gamma} weighting"),
+    };
+    format!("{} prediction, {loss} loss, {weighting}", prediction.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_objective_names_the_prediction_the_loss_and_the_weighting() {
+        let original =
+            describe_objective(Prediction::default(), Loss::default(), LossWeighting::default(), 5.0);
+        assert_eq!(original, "epsilon prediction, L1 loss, every t alike");
+        assert_eq!(
+            describe_objective(Prediction::X0, Loss::L1, LossWeighting::MinSnr, 5.0),
+            "x0 prediction, L1 loss, Min-SNR-5 weighting"
+        );
+        assert_eq!(
+            describe_objective(Prediction::V, Loss::L2, LossWeighting::MinSnr, 2.5),
+            "v prediction, L2 loss, Min-SNR-2.5 weighting"
+        );
+    }
+}
