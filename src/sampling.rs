@@ -38,24 +38,19 @@ impl SamplerKind {
     /// The number of steps used when the user names none: T for DDPM, 50 for DDIM and 20 for
     /// DPM-Solver++ (at most T).
     pub fn default_steps(self, max_t: i64) -> i64 {
+        let most = self.max_steps(max_t);
         match self {
             Self::Ddpm => max_t,
-            Self::Ddim => DEFAULT_DDIM_STEPS.min(max_t),
-            Self::DpmPP2m => DEFAULT_DPM_SOLVER_STEPS.min(max_t),
+            Self::Ddim => DEFAULT_DDIM_STEPS.min(most),
+            Self::DpmPP2m => DEFAULT_DPM_SOLVER_STEPS.min(most),
         }
     }
 
-    /// Checks `steps` and η against a schedule of `max_t` steps.
+    /// Checks `steps` ([`SamplerKind::check_steps`]) and η against a schedule of `max_t` steps.
     pub fn check(self, steps: i64, eta: f64, max_t: i64) -> Result<()> {
-        ensure!(steps >= 1, "the number of steps must be at least 1, got {steps}");
-        ensure!(steps <= max_t, "{steps} steps exceed the schedule's max_t = {max_t}");
-        match self {
-            Self::Ddpm => ensure!(
-                steps == max_t,
-                "the ddpm sampler takes all max_t = {max_t} steps, got {steps}; use ddim or dpmpp_2m for fewer"
-            ),
-            Self::Ddim => ensure!(eta >= 0.0 && eta.is_finite(), "eta must be a number ≥ 0, got {eta}"),
-            Self::DpmPP2m => {}
+        self.check_steps(steps, max_t)?;
+        if self == Self::Ddim {
+            ensure!(eta >= 0.0 && eta.is_finite(), "eta must be a number ≥ 0, got {eta}");
         }
         Ok(())
     }

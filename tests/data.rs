@@ -369,6 +369,57 @@ fn differences_from_torchvision(folder: &Path, size: i64) -> Vec<f64> {
         .collect()
 }
 
+/// JPEGs with libjpeg warnings load as PIL loads them, and truncated ones are refused as PIL
+/// refuses them: each file the test writes, against PIL + torchvision in `tests/python`.
+#[test]
+fn damaged_jpegs_load_or_fail_as_pil_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let px = dit::data::render_panda(3, 72);
+    let mut clean = vec![];
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut clean, 90)
+        .encode(&px, 72, 72, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let (body, eoi) = clean.split_at(clean.len() - 2);
+    let files: [(&str, Vec<u8>, bool); 6] = [
+        ("a_clean.jpg", clean.clone(), true),
+        ("b_stray4.jpg", [body, &[0; 4], eoi].concat(), true),
+        ("c_stray64.jpg", [body, &[0; 64], eoi].concat(), true),
+        ("d_garbage_after_eoi.jpg", [&clean[..], &[0x5a; 300]].concat(), true),
+        ("e_truncated.jpg", clean[..clean.len() * 9 / 10].to_vec(), false),
+        ("f_no_eoi.jpg", body.to_vec(), false),
+    ];
+    for (name, bytes, _) in &files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let size = 32;
+    let reference = dir.path().join("pil.safetensors");
+    data_reference(&["pil", dir.path().to_str().unwrap(), &size.to_string(), reference.to_str().unwrap()]);
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&reference).unwrap().into_iter().collect();
+    let (images, loaded) = (tensors.remove("images").unwrap(), tensors.remove("loaded").unwrap());
+    std::fs::remove_file(&reference).unwrap();
+    let data = Dataset::open(dir.path().to_str().unwrap(), size).unwrap();
+    assert_eq!(data.len(), files.len());
+    for (i, (name, _, expected)) in files.iter().enumerate() {
+        let pil_loads = loaded.int64_value(&[i as i64]) == 1;
+        assert_eq!(pil_loads, *expected, "{name}: PIL's verdict is not what this test assumes");
+        match data.load(i) {
+            Ok(ours) => {
+                assert!(pil_loads, "{name}: loaded here, refused by PIL");
+                let ours = Tensor::from_slice(&ours).view([size, size, 3]).to_kind(Kind::Float);
+                let diff = (ours - images.get(i as i64).to_kind(Kind::Float)).abs().mean(Kind::Float);
+                let diff = diff.double_value(&[]);
+                assert!(diff <= 2.0, "{name}: mean difference {diff:.3}/255 from PIL");
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                assert!(!pil_loads, "{name}: PIL loads it, this loader says {text}");
+                assert!(text.contains("truncated JPEG") && !text.contains('\n'), "{name}: {text}");
+            }
+        }
+    }
+}
+
 #[test]
 #[cfg_attr(not(dit_photos), ignore = "the shared photo set is not on this machine")]
 fn decoding_means_what_torchvision_resize_and_center_crop_mean() {

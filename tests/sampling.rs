@@ -350,6 +350,7 @@ fn bad_arguments_end_with_one_line() {
         ([&ck[..], &["--sampler", "ddim", "--steps", "51"]].concat(), "max_t"),
         ([&ck[..], &["--steps", "10"]].concat(), "use ddim or dpmpp_2m"),
         ([&ck[..], &["--sampler", "dpmpp_2m", "--steps", "51"]].concat(), "max_t"),
+        ([&ck[..], &["--sampler", "dpmpp_2m", "--steps", "50"]].concat(), "at most 49 steps"),
         ([&ck[..], &["--sampler", "dpmpp_2m", "--eta", "1"]].concat(), "ddim only"),
         ([&ck[..], &["--prediction", "x1"]].concat(), "x1"),
         ([&ck[..], &["--num", "0"]].concat(), "--num"),
@@ -494,4 +495,49 @@ fn every_sampler_lands_on_the_point_of_a_point_mass_oracle_for_every_prediction(
             assert!(err < 1e-3, "{prediction:?} {sampler:?} η {eta}: {err}");
         }
     }
+}
+
+#[test]
+fn every_sampler_at_1_2_t_minus_1_and_t_steps_gives_finite_samples_or_one_line() {
+    let _rng = rng_lock();
+    tch::manual_seed(9);
+    let noise = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
+    let max_t = 10;
+    for prediction in [Prediction::Epsilon, Prediction::X0, Prediction::V] {
+        let s = Schedule::new(&DiffusionConfig { prediction, max_t, ..Default::default() }, Device::Cpu);
+        for sampler in [SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::DpmPP2m] {
+            for steps in [1, 2, max_t - 1, max_t] {
+                let mut oracle = gaussian_oracle(&s, 0.1, 0.3);
+                let opts = SampleOptions { sampler, steps, eta: 1.0, keep: vec![], guidance: None };
+                let what = format!("{prediction:?} {sampler:?} {steps} steps");
+                // DDPM takes all T steps only; DPM-Solver++ at most T − 1 (distinct steps above 0).
+                let runs = match sampler {
+                    SamplerKind::Ddpm => steps == max_t,
+                    SamplerKind::Ddim => true,
+                    SamplerKind::DpmPP2m => steps < max_t,
+                };
+                match sampling::sample_with(&s, &opts, noise.copy(), &mut oracle, &mut |_, _| {}) {
+                    Ok((x, _)) => {
+                        assert!(runs, "{what}: ran");
+                        let finite = x.isfinite().all().int64_value(&[]) == 1;
+                        assert!(finite && in_range(&x), "{what}: not finite in [-1, 1]");
+                    }
+                    Err(e) => {
+                        let text = format!("{e:#}");
+                        assert!(!runs, "{what}: {text}");
+                        assert!(!text.contains('\n') && text.contains(&steps.to_string()), "{what}: {text}");
+                    }
+                }
+            }
+        }
+    }
+    // The preview's sampler is checked by the same rule when the config is read.
+    let mut cfg = Config::default();
+    cfg.diffusion.max_t = max_t;
+    cfg.train.preview.sampler = SamplerKind::DpmPP2m;
+    cfg.train.preview.steps = max_t;
+    let err = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(err.contains("train.preview.steps") && err.contains("at most 9 steps"), "{err}");
+    cfg.train.preview.steps = max_t - 1;
+    cfg.validate().unwrap();
 }

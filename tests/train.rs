@@ -180,6 +180,38 @@ fn resuming_on_other_classes_is_refused_unless_declared_and_a_grown_class_restar
     assert_eq!((meta.step, meta.batch_in_epoch), (3, 1));
 }
 
+#[test]
+fn a_moved_single_class_folder_resumes_where_it_stopped_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    panda_folder(d); // imgs/: one class, named after the folder
+                     // One run of 3 steps against 2 steps, the folder copied elsewhere under another name, 1 more.
+    let args = |data: &str, ckpt: &str, steps: &str| {
+        let logs = format!("{ckpt}.logs");
+        let common = ["--batch-size", "4", "--preview-every", "0", "--epochs", "3"];
+        [&common[..], &["--data", data, "--checkpoint", ckpt, "--logdir", &logs, "--max-steps", steps]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let go = |a: Vec<String>| train(d, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    go(args("imgs", "one/w.safetensors", "3"));
+    go(args("imgs", "two/w.safetensors", "2"));
+    std::fs::create_dir_all(d.join("elsewhere/pandas_copy")).unwrap();
+    for entry in std::fs::read_dir(d.join("imgs")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, d.join("elsewhere/pandas_copy").join(path.file_name().unwrap())).unwrap();
+    }
+    let moved = go(args("elsewhere/pandas_copy", "two/w.safetensors", "3"));
+    let stdout = String::from_utf8_lossy(&moved.stdout);
+    assert!(stdout.contains("now named 1 [pandas_copy] (was 1 [imgs])"), "{stdout}");
+    assert!(stdout.contains("(epoch 1, batch 2)") && !stdout.contains("restarts"), "{stdout}");
+    assert_identical(&d.join("one/w.safetensors"), &d.join("two/w.safetensors"));
+    let state = |run: &str| d.join(format!("{run}/w.safetensors.state.safetensors"));
+    assert_same_state(&state("one"), &state("two"));
+}
+
 /// Writes `n` of the built-in pandas (from index 0) as 16×16 PNGs into `dir/imgs`.
 fn flat_folder(dir: &Path, n: usize) {
     let folder = dir.join("imgs");
@@ -547,6 +579,23 @@ fn the_prediction_target_is_recorded_used_by_sample_and_fixed_on_resume() {
         "--prediction v on the weights alone"
     );
     assert!(max_abs_diff(&images("eps.safetensors"), &images("told.safetensors")) > 1e-3);
+
+    // A state records its target: another --prediction is refused naming both; the same one
+    // is fine.
+    let base = ["--device", "cpu", "--sampler", "ddim", "--steps", "2", "--num", "1", "--checkpoint", "v.ot"];
+    let refused = run_bin(
+        env!("CARGO_BIN_EXE_sample"),
+        d,
+        &[&base[..], &["--prediction", "epsilon", "--out", "no.png"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.trim_end().lines().count() == 1, "{err}");
+    assert!(err.contains("--prediction epsilon") && err.contains("trained to predict v"), "{err}");
+    assert!(!d.join("no.png").exists());
+    let same =
+        stdout(sample(&["--checkpoint", "v.ot", "--prediction", "v", "--tensor-out", "same.safetensors"]));
+    assert!(same.contains("predicting v"), "{same}");
+    assert!(images("same.safetensors").equal(&images("state.safetensors")));
 
     // The target is part of the diffusion section, which a resume must not change.
     let again = ["--config", "tiny.json", "--device", "cpu", "--checkpoint", "v.ot", "--max-steps", "3"];

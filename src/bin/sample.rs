@@ -106,7 +106,7 @@ fn run(args: &Args) -> Result<()> {
     let mut loaded =
         dit::checkpoint::load_for_inference(&args.checkpoint, args.config.as_deref(), !args.no_ema, device)?;
     if let Some(p) = args.prediction {
-        loaded.config.diffusion.prediction = p;
+        loaded.set_prediction(p)?;
     }
     let precision = args.precision.unwrap_or(loaded.config.runtime.precision);
     loaded.model.set_runtime(&RuntimeConfig { precision, ..loaded.config.runtime });

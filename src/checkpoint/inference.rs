@@ -2,7 +2,7 @@
 //! with the config and class names the state records ([`load_for_inference`]), and the sample
 //! command's `--label` resolved against those class names ([`Loaded::resolve_label`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Result};
 use tch::{nn::VarStore, Device};
@@ -10,6 +10,7 @@ use tch::{nn::VarStore, Device};
 use super::keys::{check_keys, copy_into, shapes};
 use super::state::{self, TrainState};
 use super::{load_weights, read_tensors};
+use crate::config::Prediction;
 use crate::{Config, Dit};
 
 /// A model ready for sampling, and where its weights came from.
@@ -21,9 +22,31 @@ pub struct Loaded {
     pub classes: Vec<String>,
     /// One line for the user, e.g. "EMA weights of step 4000 from checkpoints/x.ot.state.safetensors".
     pub description: String,
+    /// The training state the model came with and the target it records having trained, if
+    /// any: that is what the weights mean, so another `--prediction` is refused
+    /// ([`Loaded::set_prediction`]).
+    pub trained_prediction: Option<(PathBuf, Prediction)>,
 }
 
 impl Loaded {
+    /// `--prediction`: what the model's output means. For a weight file alone it sets the
+    /// target; a training state records the target it trained, so another one there is an
+    /// error naming both (the same one is accepted).
+    pub fn set_prediction(&mut self, asked: Prediction) -> Result<()> {
+        if let Some((state, recorded)) = &self.trained_prediction {
+            ensure!(
+                asked == *recorded,
+                "--prediction {}: {} records that this model was trained to predict {}; \
+                 leave --prediction out (it is for weight files without a training state)",
+                asked.name(),
+                state.display(),
+                recorded.name()
+            );
+        }
+        self.config.diffusion.prediction = asked;
+        Ok(())
+    }
+
     /// `--label`'s value: a label number, or a class name looked up in the checkpoint's
     /// classes; with its display text ("1 (red_panda)").
     pub fn resolve_label(&self, arg: &str) -> Result<(i64, String)> {
@@ -81,7 +104,7 @@ fn from_weights(path: &Path, config: Option<&Path>, device: Device) -> Result<Lo
     let model = Dit::new(&vs.root(), &config.model);
     load_weights(&mut vs, path)?;
     let description = format!("weights from {}", path.display());
-    Ok(Loaded { config, vs, model, classes: vec![], description })
+    Ok(Loaded { config, vs, model, classes: vec![], description, trained_prediction: None })
 }
 
 /// `path` (a weight file, or the state file itself) with its training state `state_file`: the
@@ -102,7 +125,8 @@ fn from_state(
     let model = Dit::new(&vs.root(), &config.model);
     state::check_against(state_file, &st, &shapes(&vs))?;
     let description = copy_chosen_weights(&vs, path, state_file, &st, ema)?;
-    Ok(Loaded { config, vs, model, classes: st.meta.classes.clone(), description })
+    let trained_prediction = Some((state_file.to_path_buf(), st.meta.config.diffusion.prediction));
+    Ok(Loaded { config, vs, model, classes: st.meta.classes.clone(), description, trained_prediction })
 }
 
 /// Copies the weights to sample with into `vs`: the state's EMA weights with `ema` (when it

@@ -156,18 +156,9 @@ impl Config {
         self.diffusion.validate()?;
         self.train.validate()?;
         let p = &self.train.preview;
-        ensure!(
-            p.steps <= self.diffusion.max_t,
-            "train.preview.steps ({}) must not exceed diffusion.max_t ({})",
-            p.steps,
-            self.diffusion.max_t
-        );
-        ensure!(
-            p.sampler != SamplerKind::Ddpm || p.steps == self.diffusion.max_t,
-            "train.preview.steps must equal diffusion.max_t ({}) for the ddpm sampler; use ddim for fewer",
-            self.diffusion.max_t
-        );
-        Ok(())
+        p.sampler.check_steps(p.steps, self.diffusion.max_t).with_context(|| {
+            format!("train.preview.steps = {} with train.preview.sampler = {}", p.steps, p.sampler.name())
+        })
     }
 
     pub fn to_json(&self) -> String {

@@ -48,8 +48,10 @@ pub enum LossWeighting {
     /// Every t alike (the original's).
     #[default]
     None,
-    /// Min-SNR-γ (Hang et al. 2023): the x0-space weight min(SNR_t, γ), expressed for the
-    /// prediction target (ε: min(SNR, γ)/SNR; x0: min(SNR, γ); v: min(SNR, γ)/(SNR + 1)).
+    /// Min-SNR-γ (Hang et al. 2023): the x0-space distance weighted by min(SNR_t, γ), the
+    /// same weighting for every prediction target and either loss; expressed for the target
+    /// it is, under L2, ε: min(SNR, γ)/SNR, v: min(SNR, γ)/(SNR + 1); under L1,
+    /// ε: min(SNR, γ)/sqrt(SNR), v: min(SNR, γ)/sqrt(SNR + 1); x0: min(SNR, γ).
     #[value(name = "min_snr")]
     MinSnr,
 }

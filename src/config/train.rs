@@ -159,6 +159,38 @@ impl SamplerKind {
             Self::DpmPP2m => "dpmpp_2m",
         }
     }
+
+    /// The most steps this sampler takes on a schedule of `max_t` steps. DDPM and DDIM visit
+    /// each training step at most once, so max_t. DPM-Solver++ evaluates the model at distinct
+    /// steps above t = 0 and ends on t = 0 without evaluating there, so max_t − 1 (1 when
+    /// max_t = 1); one more would repeat a step, and a step of zero length in λ divides by zero
+    /// in the next second-order update.
+    pub fn max_steps(self, max_t: i64) -> i64 {
+        match self {
+            Self::Ddpm | Self::Ddim => max_t,
+            Self::DpmPP2m => (max_t - 1).max(1),
+        }
+    }
+
+    /// Checks a number of steps against a schedule of `max_t` steps: DDPM takes all of them,
+    /// the others any number from 1 to [`SamplerKind::max_steps`].
+    pub fn check_steps(self, steps: i64, max_t: i64) -> Result<()> {
+        ensure!(steps >= 1, "the number of steps must be at least 1, got {steps}");
+        let most = self.max_steps(max_t);
+        match self {
+            Self::Ddpm => ensure!(
+                steps == max_t,
+                "the ddpm sampler takes all max_t = {max_t} steps, got {steps}; use ddim or dpmpp_2m for fewer"
+            ),
+            Self::Ddim => ensure!(steps <= most, "{steps} steps exceed the schedule's max_t = {max_t}"),
+            Self::DpmPP2m => ensure!(
+                steps <= most,
+                "dpmpp_2m takes at most {most} steps on a schedule of max_t = {max_t} (it evaluates the model at \
+                 distinct steps above t = 0), got {steps}"
+            ),
+        }
+        Ok(())
+    }
 }
 
 /// The preview sample after epochs. The original draws a full 1000-step DDPM sample after

@@ -56,7 +56,7 @@ fn decode_square(bytes: &[u8], size: u32) -> Result<Vec<u8>> {
     let (shown_w, shown_h) = if swaps_sides(orientation) { (height, width) } else { (width, height) };
     let denominator = jpeg::shrink_denominator(width, height, size);
     let shrunk = match format {
-        Some(ImageFormat::Jpeg) => jpeg::decode(bytes, denominator)?.map(|rgb| (rgb, denominator)),
+        Some(ImageFormat::Jpeg) => jpeg::decode(bytes, denominator)?,
         _ => None,
     };
     let (rgb, denominator) = match shrunk {

@@ -24,9 +24,11 @@ mod cache;
 mod decode;
 mod folder;
 mod jpeg;
+mod jpeg_markers;
 mod loader;
 mod pixels;
 mod resize;
+mod turbo;
 mod walk;
 
 pub use budget::{available_memory, cache_budget, human_bytes, CacheBudget, CACHE_ALL, CACHE_OFF};

@@ -24,12 +24,14 @@ impl Schedule {
     /// evenly spaced over [0, T − 1] without t = 0. After the last one the walk ends on that
     /// step's x̂0 (a first-order step to σ = 0), as diffusers' multistep solver with
     /// `final_sigmas_type = "zero"` does, so no second-order step extrapolates across the
-    /// large jump in λ between t ≈ T/steps and t = 0. Panics unless 1 ≤ steps ≤ T.
+    /// large jump in λ between t ≈ T/steps and t = 0. The points are distinct while
+    /// steps ≤ T − 1 (their spacing (T − 1)/steps is then at least 1). Panics unless
+    /// 1 ≤ steps ≤ max(T − 1, 1) (`SamplerKind::max_steps`; callers check user input first).
     pub fn dpm_solver_timesteps(&self, steps: i64) -> Vec<i64> {
         assert!(
-            (1..=self.max_t).contains(&steps),
+            (1..=(self.max_t - 1).max(1)).contains(&steps),
             "dpm_solver_timesteps: steps {steps} not in 1..={}",
-            self.max_t
+            (self.max_t - 1).max(1)
         );
         let span = self.max_t - 1;
         (1..=steps).rev().map(|k| (2 * k * span + steps) / (2 * steps)).collect()

@@ -7,7 +7,7 @@
 use tch::Tensor;
 
 use super::{one_minus, Schedule};
-use crate::config::{LossWeighting, Prediction};
+use crate::config::{Loss, LossWeighting, Prediction};
 
 /// α_t = sqrt(ᾱ_t) and σ_t = sqrt(1 − ᾱ_t): 0-dimensional for one step, (B, 1, 1, 1) for a
 /// batch of steps, so they broadcast over images.
@@ -72,19 +72,31 @@ impl Prediction {
         }
     }
 
-    /// Each image's loss weight (B) for its step's `snr` (B), or `None` when every step counts
-    /// alike. Min-SNR-γ weights the x0-space error by min(SNR, γ); a prediction's error is that
-    /// error times sqrt(SNR) for ε and sqrt(SNR + 1) for v, so its weight divides by SNR and
-    /// SNR + 1 respectively (Hang et al. 2023, §3.4).
-    pub fn loss_weights(self, weighting: LossWeighting, gamma: f64, snr: &Tensor) -> Option<Tensor> {
+    /// Each image's loss weight (B) for its step's `snr` (B) under the distance `loss`, or
+    /// `None` when every step counts alike. Min-SNR-γ (Hang et al. 2023) is one weighting for
+    /// every target: the x0-space distance times min(SNR, γ). A prediction's error is the x0
+    /// error times sqrt(SNR) for ε and sqrt(SNR + 1) for v, so the weight divides by the
+    /// distance's scale of that factor: SNR and SNR + 1 for L2 (the paper's, §3.4), sqrt(SNR)
+    /// and sqrt(SNR + 1) for L1 (docs/OBJECTIVES.md).
+    pub fn loss_weights(
+        self,
+        weighting: LossWeighting,
+        loss: Loss,
+        gamma: f64,
+        snr: &Tensor,
+    ) -> Option<Tensor> {
         match weighting {
             LossWeighting::None => None,
             LossWeighting::MinSnr => {
                 let clipped = snr.clamp_max(gamma);
-                Some(match self {
-                    Self::Epsilon => clipped / snr,
-                    Self::X0 => clipped,
-                    Self::V => clipped / (snr + 1.0),
+                let scale = match self {
+                    Self::Epsilon => snr.shallow_clone(),
+                    Self::X0 => return Some(clipped),
+                    Self::V => snr + 1.0,
+                };
+                Some(match loss {
+                    Loss::L2 => clipped / scale,
+                    Loss::L1 => clipped / scale.sqrt(),
                 })
             }
         }
@@ -130,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn min_snr_weights_are_the_papers_at_chosen_steps() {
+    fn min_snr_weights_are_the_papers_at_chosen_steps_for_either_loss() {
         let s = Schedule::new(&DiffusionConfig::default(), Device::Cpu);
         let ts = [0i64, 100, 200, 999];
         let snr = s.snr(&Tensor::from_slice(&ts));
@@ -139,19 +151,56 @@ mod tests {
             let r = ab / (1.0 - ab);
             assert!((snr.double_value(&[i as i64]) - r).abs() <= 1e-6 * r, "SNR at {t}");
             let m = r.min(5.0);
-            for (p, want) in
-                [(Prediction::Epsilon, m / r), (Prediction::X0, m), (Prediction::V, m / (r + 1.0))]
-            {
-                let got = p.loss_weights(LossWeighting::MinSnr, 5.0, &snr).unwrap().double_value(&[i as i64]);
-                assert!(
-                    (got - want).abs() <= 1e-6 * want.max(1e-30),
-                    "{p:?} at t = {t}: {got} against {want}"
-                );
+            for (loss, eps, v) in [(Loss::L2, r, r + 1.0), (Loss::L1, r.sqrt(), (r + 1.0).sqrt())] {
+                for (p, want) in [(Prediction::Epsilon, m / eps), (Prediction::X0, m), (Prediction::V, m / v)]
+                {
+                    let got = p
+                        .loss_weights(LossWeighting::MinSnr, loss, 5.0, &snr)
+                        .unwrap()
+                        .double_value(&[i as i64]);
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want.max(1e-30),
+                        "{p:?} {loss:?} at t = {t}: {got} against {want}"
+                    );
+                }
             }
         }
         // Early steps (SNR above γ) are down-weighted for ε; late ones keep weight 1.
-        let eps = Prediction::Epsilon.loss_weights(LossWeighting::MinSnr, 5.0, &snr).unwrap();
+        let eps = Prediction::Epsilon.loss_weights(LossWeighting::MinSnr, Loss::L2, 5.0, &snr).unwrap();
         assert!(eps.double_value(&[0]) < 1e-3 && eps.double_value(&[3]) == 1.0);
-        assert!(Prediction::V.loss_weights(LossWeighting::None, 5.0, &snr).is_none());
+        assert!(Prediction::V.loss_weights(LossWeighting::None, Loss::L1, 5.0, &snr).is_none());
+    }
+
+    /// One weighting across targets: for the same x0-space error, every target's weighted
+    /// loss is min(SNR, γ) times that error's distance, under L1 and under L2.
+    #[test]
+    fn min_snr_weights_the_same_x0_error_alike_for_every_target() {
+        let s = Schedule::new(&DiffusionConfig::default(), Device::Cpu);
+        tch::manual_seed(3);
+        let x0 = Tensor::rand([4, 3, 4, 4], (Kind::Double, Device::Cpu)) * 2.0 - 1.0;
+        let eps = Tensor::randn([4, 3, 4, 4], (Kind::Double, Device::Cpu));
+        let err = Tensor::randn([4, 3, 4, 4], (Kind::Double, Device::Cpu)) * 0.1; // x̂0 − x0
+        let t = Tensor::from_slice(&[0i64, 100, 500, 999]);
+        let ac = s.alphas_cumprod.to_kind(Kind::Double).index_select(0, &t).view([-1, 1, 1, 1]);
+        let c = Coefficients { signal: ac.sqrt(), noise: one_minus(&ac).sqrt() };
+        let snr = (&ac / one_minus(&ac)).view([-1]);
+        let xt = c.noised(&x0, &eps);
+        let x0_hat = &x0 + &err;
+        for loss in [Loss::L1, Loss::L2] {
+            let distance = |d: Tensor| match loss {
+                Loss::L1 => d.abs().mean_dim([1, 2, 3].as_slice(), false, Kind::Double),
+                Loss::L2 => d.square().mean_dim([1, 2, 3].as_slice(), false, Kind::Double),
+            };
+            let want = distance(err.shallow_clone()) * snr.clamp_max(5.0);
+            for p in [Prediction::Epsilon, Prediction::X0, Prediction::V] {
+                // The output that implies x̂0 at x_t, and its target.
+                let eps_hat = (&xt - &c.signal * &x0_hat) / &c.noise;
+                let out = p.target(&x0_hat, &eps_hat, &c);
+                let w = p.loss_weights(LossWeighting::MinSnr, loss, 5.0, &snr).unwrap();
+                let got = distance(out - p.target(&x0, &eps, &c)) * w;
+                let rel = ((&got - &want).abs() / &want).max().double_value(&[]);
+                assert!(rel < 1e-9, "{p:?} {loss:?}: {rel}");
+            }
+        }
     }
 }

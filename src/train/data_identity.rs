@@ -50,6 +50,9 @@ pub(super) enum DataChange {
     /// Same classes, count and list (or a file from before identities were saved, whose
     /// classes match).
     Same,
+    /// The same list of files and labels with its one class under another name (a moved or
+    /// renamed folder): the interrupted epoch goes on where it stopped. The text says so.
+    Renamed(String),
     /// The list changed: the epoch that was interrupted restarts at its beginning. The text
     /// says what changed, for the start line.
     Changed(String),
@@ -57,7 +60,7 @@ pub(super) enum DataChange {
 
 /// Compares the saved run (`saved`, read from `state`) with the current `classes` and `now`.
 /// Other classes are an error naming both lists unless `allow` (then a change); one class
-/// under another name (a renamed folder) is a change.
+/// under another name (a renamed folder) over the same list is [`DataChange::Renamed`].
 pub(super) fn compare(
     state: &Path,
     saved: &TrainMeta,
@@ -92,7 +95,12 @@ pub(super) fn compare(
         }
         _ => {}
     }
-    Ok(if what.is_empty() { DataChange::Same } else { DataChange::Changed(what.join("; ")) })
+    let list_changed = what.len() > usize::from(renamed_single && saved.classes != classes);
+    Ok(match (what.is_empty(), list_changed) {
+        (true, _) => DataChange::Same,
+        (false, false) => DataChange::Renamed(what.join("; ")),
+        (false, true) => DataChange::Changed(what.join("; ")),
+    })
 }
 
 /// "[a, b]" with at most eight names, then the count of the rest.
@@ -158,7 +166,10 @@ mod tests {
     fn a_renamed_single_class_folder_is_a_change_not_an_error() {
         let saved = meta(&["pandas"], Some(id(10, "a")));
         let change = compare(Path::new("s"), &saved, &names(&["moved"]), &id(10, "a"), false).unwrap();
-        assert!(matches!(change, DataChange::Changed(t) if t.contains("now named 1 [moved]")));
+        assert!(matches!(change, DataChange::Renamed(t) if t.contains("now named 1 [moved]")));
+        // Renamed and another list: a change of the list.
+        let both = compare(Path::new("s"), &saved, &names(&["moved"]), &id(11, "a"), false).unwrap();
+        assert!(matches!(both, DataChange::Changed(t) if t.contains("now named") && t.contains("11 images")));
     }
 
     #[test]

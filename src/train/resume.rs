@@ -121,7 +121,7 @@ pub(super) fn start(
         tr.restore(st);
         let global_batch = tr.config().train.step_images() * world_size;
         tr.meta.batch_in_epoch = match &change {
-            DataChange::Same => position_in_epoch(st, global_batch, verbose),
+            DataChange::Same | DataChange::Renamed(_) => position_in_epoch(st, global_batch, verbose),
             DataChange::Changed(_) => 0,
         };
         if verbose {
@@ -132,11 +132,17 @@ pub(super) fn start(
                 tr.meta.epoch + 1,
                 tr.meta.batch_in_epoch
             );
-            if let DataChange::Changed(what) = &change {
-                println!(
+            match &change {
+                DataChange::Same => {}
+                DataChange::Renamed(what) => {
+                    println!(
+                        "note: {what}; the same images and labels, so the epoch goes on where it stopped"
+                    )
+                }
+                DataChange::Changed(what) => println!(
                     "note: the data changed since the checkpoint: {what}; epoch {} restarts at its beginning",
                     tr.meta.epoch + 1
-                );
+                ),
             }
         }
     } else if weights_path.is_file() {

@@ -209,7 +209,7 @@ impl Trainer {
         let target = prediction.target(&x0, &draws.noise, &c);
         let weights = match train.loss_weighting {
             LossWeighting::None => None,
-            w => prediction.loss_weights(w, train.min_snr_gamma, &self.schedule.snr(&draws.t)),
+            w => prediction.loss_weights(w, train.loss, train.min_snr_gamma, &self.schedule.snr(&draws.t)),
         };
         let loss = objective_loss(&forward.output, &target, train.loss, weights.as_ref());
         (loss, forward, target)

@@ -5,6 +5,8 @@ of photos, and camera-size photos made from smaller ones.
                            image of FOLDER (sorted by name, opened as ImageFolder's loader does:
                            PIL, convert("RGB")), saved to the safetensors file OUT as `images`,
                            uint8 (N, SIZE, SIZE, 3).
+  pil FOLDER SIZE OUT      the same for files PIL may refuse (damaged JPEGs): `images` holds zeros
+                           where PIL raised, and `loaded` (uint8, N) says which it loaded.
   large FOLDER OUT COUNT   COUNT 4000×3000 JPEGs (every third one 3000×4000) in the folder OUT,
                            each a photo of FOLDER upscaled with fine noise added, so that it
                            carries as much detail per pixel as a camera's (quality 90, baseline).
@@ -37,6 +39,21 @@ def cmd_resize(folder, size, out):
     save_file({"images": torch.stack(images)}, out)
 
 
+def cmd_pil(folder, size, out):
+    transform = transforms.Compose([transforms.Resize(size, antialias=True), transforms.CenterCrop(size)])
+    images, loaded = [], []
+    for path in images_of(folder):
+        try:
+            with Image.open(path) as image:
+                square = np.asarray(transform(image.convert("RGB")), dtype=np.uint8).copy()
+            loaded.append(1)
+        except OSError:
+            square = np.zeros((size, size, 3), dtype=np.uint8)
+            loaded.append(0)
+        images.append(torch.from_numpy(square))
+    save_file({"images": torch.stack(images), "loaded": torch.tensor(loaded, dtype=torch.uint8)}, out)
+
+
 def cmd_large(folder, out, count):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -53,10 +70,12 @@ def main():
     what, args = sys.argv[1], sys.argv[2:]
     if what == "resize":
         cmd_resize(args[0], int(args[1]), args[2])
+    elif what == "pil":
+        cmd_pil(args[0], int(args[1]), args[2])
     elif what == "large":
         cmd_large(args[0], args[1], int(args[2]))
     else:
-        sys.exit(f"unknown command {what!r}: expected resize or large")
+        sys.exit(f"unknown command {what!r}: expected resize, pil or large")
 
 
 if __name__ == "__main__":

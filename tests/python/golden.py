@@ -25,8 +25,9 @@ def diffusion_cfg(path):
 def objective_loss(config_path, out, x0, noise, ac):
     """The training loss written from docs/OBJECTIVES.md: the target of diffusion.prediction
     (epsilon, x0, or v = sqrt(ab)·eps − sqrt(1 − ab)·x0), the distance train.loss (l1, l2), and
-    train.loss_weighting (none, or min_snr: min(SNR, gamma) divided by SNR for epsilon, by 1
-    for x0, by SNR + 1 for v, on each image's mean distance)."""
+    train.loss_weighting (none, or min_snr: each image's mean distance times min(SNR, gamma),
+    divided for epsilon by SNR under l2 and sqrt(SNR) under l1, for v by SNR + 1 under l2 and
+    sqrt(SNR + 1) under l1, for x0 by 1)."""
     with open(config_path) as f:
         cfg = json.load(f)
     train = cfg.get("train", {})
@@ -41,7 +42,8 @@ def objective_loss(config_path, out, x0, noise, ac):
     per_image = (diff.abs() if loss == "l1" else diff ** 2).mean(dim=(1, 2, 3))
     snr = (ac / (1 - ac)).view(-1)
     clipped = torch.clamp(snr, max=train.get("min_snr_gamma", 5.0))
-    weight = {"epsilon": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+    scale = {"epsilon": snr, "x0": torch.ones_like(snr), "v": snr + 1}[prediction]
+    weight = clipped / (scale if loss == "l2" else torch.sqrt(scale))
     return (per_image * weight).mean()
 
 
