@@ -1,6 +1,7 @@
 //! dit: the Diffusion Transformer of a small PyTorch program, ported to tch (libtorch) with
 //! the same parameters and the same numbers, so weights move both ways.
 
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
