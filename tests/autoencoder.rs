@@ -145,7 +145,7 @@ fn a_pickle_that_would_run_a_command_is_refused_without_running_it() {
     let marker = dir.path().join("ran");
     reference(&["evil", "--marker", p(&marker), "--dir", p(dir.path())]);
     let evil = dir.path().join("evil.pth");
-    let err = Encoder::load(&evil, Variant::Taesd, Device::Cpu).err().expect("the evil file loaded");
+    let err = Encoder::load(&evil, Variant::Taesd, Device::Cpu).expect_err("the evil file loaded");
     let err = err.to_string();
     assert!(err.starts_with(&format!("{}: not a readable .pth", evil.display())), "{err}");
     assert!(err.contains("posix.system") && !err.contains('\n'), "{err}");

@@ -73,8 +73,7 @@ mod tests {
         for keep in [bytes.len() / 2, bytes.len() - 30, 10] {
             let cut = dir.path().join(format!("cut{keep}.pth"));
             std::fs::write(&cut, &bytes[..keep]).unwrap();
-            let err =
-                Encoder::load(&cut, Variant::Taesd, Device::Cpu).err().expect("a truncated file loaded");
+            let err = Encoder::load(&cut, Variant::Taesd, Device::Cpu).expect_err("a truncated file loaded");
             let err = err.to_string();
             assert!(err.starts_with(&format!("{}: not a readable .pth", cut.display())), "{err}");
             assert!(!err.contains('\n'), "{err}");
@@ -85,7 +84,7 @@ mod tests {
     fn weights_of_another_variant_are_refused_naming_the_file_and_the_first_bad_shape() {
         let dir = tempfile::tempdir().unwrap();
         let (_vs, _enc, paths) = saved_encoder(dir.path(), Variant::Taesd, &["pth"]);
-        let err = Encoder::load(&paths[0], Variant::Taef1, Device::Cpu).err().expect("loaded as taef1");
+        let err = Encoder::load(&paths[0], Variant::Taef1, Device::Cpu).expect_err("loaded as taef1");
         let err = err.to_string();
         assert!(err.starts_with(&paths[0].display().to_string()), "{err}");
         let shapes = "2 mis-shaped (14.bias (file [4], model [16]), 14.weight (file [4, 64, 3, 3], model [16, 64, 3, 3]))";
@@ -93,10 +92,10 @@ mod tests {
         assert!(err.ends_with("(expected the taef1 encoder)") && !err.contains('\n'), "{err}");
 
         // taef2 has the GroupNorm branch: its 12 extra tensors are missing from a taesd file.
-        let err = Encoder::load(&paths[0], Variant::Taef2, Device::Cpu).err().unwrap().to_string();
+        let err = Encoder::load(&paths[0], Variant::Taef2, Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("12 missing (11.pool.0.weight, 11.pool.1.bias,"), "{err}");
         // An encoder file is no decoder.
-        let err = Decoder::load(&paths[0], Variant::Taesd, Device::Cpu).err().unwrap().to_string();
+        let err = Decoder::load(&paths[0], Variant::Taesd, Device::Cpu).unwrap_err().to_string();
         assert!(err.contains(" missing (") && err.contains(" unexpected (") && !err.contains('\n'), "{err}");
     }
 }

@@ -15,7 +15,7 @@ const UPSAMPLE: i64 = 2;
 #[derive(Debug)]
 enum Built {
     Conv(nn::Conv2D),
-    Block(Block),
+    Block(Box<Block>),
     Relu,
     Upsample,
     SoftClamp,
@@ -40,7 +40,7 @@ fn build(vs: &nn::Path, layer: Layer) -> Built {
             let config = nn::ConvConfig { stride, padding: 1, bias, ..Default::default() };
             Built::Conv(nn::conv2d(vs, c_in, c_out, 3, config))
         }
-        Layer::Block { midblock_gn } => Built::Block(Block::new(vs, midblock_gn)),
+        Layer::Block { midblock_gn } => Built::Block(Box::new(Block::new(vs, midblock_gn))),
         Layer::Relu => Built::Relu,
         Layer::Upsample => Built::Upsample,
         Layer::SoftClamp => Built::SoftClamp,
