@@ -42,6 +42,19 @@ fn main() {
         println!("cargo:rustc-env=DIT_PHOTOS={}", dir.display());
     }
 
+    // The published tiny-autoencoder code and taef2 weights, read in place the same way by
+    // tests/autoencoder.rs; without them its PyTorch comparisons are reported as ignored.
+    println!("cargo::rustc-check-cfg=cfg(dit_taef2)");
+    println!("cargo:rerun-if-env-changed=DIT_TAEF2");
+    let taef2 = env::var("DIT_TAEF2")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([manifest.join("../shared/models/taef2"), PathBuf::from("/work/shared/models/taef2")]);
+    if let Some(dir) = taef2.into_iter().find(|p| p.join("taesd.py").is_file()) {
+        println!("cargo:rustc-cfg=dit_taef2");
+        println!("cargo:rustc-env=DIT_TAEF2={}", dir.display());
+    }
+
     cpp(&libtorch)
         .file("src/checkpoint/pth/writer.cpp")
         .file("src/torch_flags.cpp")
