@@ -165,6 +165,13 @@ pub struct TrainOverrides {
     /// Recompute each block in the backward pass instead of keeping its activations (runtime.activation_checkpointing)
     #[arg(long, value_enum)]
     pub activation_checkpointing: Option<ActivationCheckpointing>,
+    /// Train in the latent space of this autoencoder (taesd, taesdxl, taesd3, taef1, taef2), or
+    /// none for pixel space (model.autoencoder)
+    #[arg(long, value_name = "NAME")]
+    pub autoencoder: Option<String>,
+    /// Mirror each training image at random, per (seed, epoch, image) (train.hflip)
+    #[arg(long)]
+    pub hflip: bool,
 }
 
 impl TrainOverrides {
@@ -196,6 +203,13 @@ impl TrainOverrides {
         set(&mut cfg.runtime.precision, &self.precision);
         set(&mut cfg.runtime.attention, &self.attention);
         set(&mut cfg.runtime.activation_checkpointing, &self.activation_checkpointing);
+        if let Some(name) = &self.autoencoder {
+            cfg.model.autoencoder = match name.as_str() {
+                "none" => None,
+                name => Some(name.parse().map_err(|e| anyhow::anyhow!("--autoencoder: {e}, or none"))?),
+            };
+        }
+        cfg.train.hflip |= self.hflip;
         cfg.validate().context("after applying the command-line flags")
     }
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+use crate::autoencoder::{visible, LatentDecoder};
 use crate::checkpoint::{self, Loaded};
 use crate::diffusion::Schedule;
 use crate::progress::Progress;
@@ -27,17 +28,19 @@ pub struct Request {
 }
 
 /// Samples `req` with `opts` from `loaded`'s model on `device`, with a progress bar; returns
-/// the images (N, C, I, I) in [−1, 1] and the kept states, on the CPU.
+/// the images (N, C, I, I) in [−1, 1] and the kept states, on the CPU. A latent-space model's
+/// latents, final and kept, are decoded by `decoder` into images of `img_size`.
 pub fn generate(
     loaded: &Loaded,
     opts: &SampleOptions,
     req: &Request,
     device: Device,
+    decoder: Option<&LatentDecoder>,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let schedule = Schedule::new(&loaded.config.diffusion, device);
     let m = &loaded.config.model;
     tch::manual_seed(req.seed as i64);
-    let noise = Tensor::randn([req.num, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
+    let noise = Tensor::randn(m.input_shape(req.num), (Kind::Float, Device::Cpu));
     let labels = Tensor::full([req.num], req.label, (Kind::Int64, Device::Cpu));
     let chunks = (req.num + req.batch_size - 1) / req.batch_size;
     let total = opts.steps as u64 * chunks as u64;
@@ -52,7 +55,8 @@ pub fn generate(
         &mut |done| bar.set(done, || format!("sampling: {done}/{total} steps")),
     );
     bar.finish();
-    result
+    let (images, kept) = result?;
+    Ok((visible(decoder, images), kept.into_iter().map(|k| visible(decoder, k)).collect()))
 }
 
 /// Where the results go; `None` fields are not written.

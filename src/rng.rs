@@ -87,6 +87,13 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// Whether image `index` is mirrored in epoch `epoch` (`train.hflip`): one fair coin per
+/// (seed, epoch, index), drawn apart from the epoch's order.
+pub fn flipped(seed: u64, epoch: u64, index: usize) -> bool {
+    const FLIP_STREAM: u64 = 0x666c_6970; // "flip"
+    splitmix64(splitmix64(seed ^ FLIP_STREAM) ^ splitmix64(epoch) ^ splitmix64(!(index as u64))) >> 63 == 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +121,17 @@ mod tests {
     #[test]
     fn epoch_order_gives_the_order_of_before() {
         assert_eq!(epoch_order(10, 3, 5), [9, 1, 7, 0, 8, 2, 4, 6, 3, 5]);
+    }
+
+    #[test]
+    fn flips_are_fair_coins_of_seed_epoch_and_index() {
+        let count = |seed, epoch| (0..4000).filter(|&i| flipped(seed, epoch, i)).count();
+        let n = count(1, 0);
+        assert!((1800..2200).contains(&n), "{n} of 4000 mirrored");
+        let same = (0..4000).filter(|&i| flipped(1, 0, i) == flipped(1, 1, i)).count();
+        assert!((1800..2200).contains(&same), "epochs 0 and 1 agree on {same} of 4000");
+        let seeds = (0..4000).filter(|&i| flipped(1, 0, i) == flipped(2, 0, i)).count();
+        assert!((1800..2200).contains(&seeds), "seeds 1 and 2 agree on {seeds} of 4000");
     }
 
     #[test]

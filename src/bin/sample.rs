@@ -77,6 +77,10 @@ struct Args {
     /// The final images as float32 in [-1, 1], (N, C, I, I), under the key "images".
     #[arg(long, value_name = "FILE.safetensors")]
     tensor_out: Option<PathBuf>,
+    /// Folder of the autoencoder's weight files, for a latent-space model [default:
+    /// $DIT_AUTOENCODER_DIR, else ~/.cache/dit/autoencoders]
+    #[arg(long)]
+    autoencoder_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -124,7 +128,8 @@ fn run(args: &Args) -> Result<()> {
     };
     let opts = SampleOptions { sampler, steps, eta, keep, guidance: Some(args.guidance) };
     let request = Request { num: args.num, label, seed: args.seed, batch_size };
-    let (images, kept) = generate::generate(&loaded, &opts, &request, device)?;
+    let decoder = latent_decoder(&loaded, args.autoencoder_dir.as_deref(), device)?;
+    let (images, kept) = generate::generate(&loaded, &opts, &request, device, decoder.as_ref())?;
     println!(
         "sampled {} image(s) of label {label_text} with {sampler_name} ({steps} steps{}), seed {}, on {device:?}",
         args.num,
@@ -143,4 +148,28 @@ fn run(args: &Args) -> Result<()> {
         tensor: args.tensor_out.clone(),
     };
     generate::write_outputs(&outputs, &images, &kept)
+}
+
+/// The decoder of a latent-space model (`None` in pixel space), with the normalisation it
+/// trained under; a decoder file other than the one it trained with is said, not refused.
+fn latent_decoder(
+    loaded: &dit::checkpoint::Loaded,
+    dir: Option<&std::path::Path>,
+    device: tch::Device,
+) -> Result<Option<dit::autoencoder::LatentDecoder>> {
+    let (Some(variant), Some(latent)) = (loaded.config.model.autoencoder, &loaded.latent) else {
+        return Ok(None);
+    };
+    let located = dit::autoencoder::locate(variant, dir)?;
+    if located.decoder_sha256 != latent.decoder_sha256 {
+        eprintln!(
+            "note: decoding with {} (sha256 {}), not the decoder the model trained beside (sha256 {})",
+            located.decoder.display(),
+            located.decoder_sha256,
+            latent.decoder_sha256
+        );
+    }
+    let decoder = dit::autoencoder::LatentDecoder::load(&located, variant, latent.stats.clone(), device)?;
+    println!("decoding with {variant} ({})", located.decoder.display());
+    Ok(Some(decoder))
 }

@@ -26,6 +26,10 @@ struct Args {
     /// Where to write the preview grid PNG [default: beside the checkpoint, <name>.preview.png]
     #[arg(long)]
     preview_png: Option<PathBuf>,
+    /// Folder of the autoencoder's weight files (model.autoencoder) [default:
+    /// $DIT_AUTOENCODER_DIR, else ~/.cache/dit/autoencoders, where taef2 is downloaded]
+    #[arg(long)]
+    autoencoder_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
             preview_png: args.preview_png.clone(),
             allow_data_change: args.allow_data_change,
             world: dit::distributed::World::from_env()?,
+            autoencoder_dir: args.autoencoder_dir.clone(),
         };
         dit::train::run(cfg, &opts).map(|_| ())
     })

@@ -3,10 +3,12 @@
 //! reads it with `torch.jit.load(p).state_dict()`, keys carry `|` for `.`), `.safetensors`, and
 //! `.pth`/`.pt`/`.bin` (`torch.save` of a state_dict, the original's format).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tch::{Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use tch::{Device, Kind, Tensor};
 
 use super::pth;
 use crate::fs::write_atomic;
@@ -74,4 +76,51 @@ pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// [`write_tensors`], with `metadata` in the file's header when the format has one
+/// (`.safetensors`; `.ot` and `.pth` have none, and are written without it).
+pub fn write_tensors_with(
+    path: &Path,
+    named: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    match Format::from_path(path)? {
+        Format::Safetensors if !metadata.is_empty() => write_f32_safetensors(path, named, metadata),
+        _ => write_tensors(path, named),
+    }
+}
+
+/// Writes `named` as float32 `.safetensors` with `metadata`, atomically.
+pub(super) fn write_f32_safetensors(
+    path: &Path,
+    named: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = named
+        .iter()
+        .map(|(name, t)| {
+            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            let mut bytes = vec![0u8; t.numel() * 4];
+            t.copy_data_u8(&mut bytes, t.numel());
+            (name.clone(), t.size().iter().map(|&d| d as usize).collect(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, shape, bytes)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+        .collect::<Result<_>>()?;
+    write_atomic(path, |tmp| Ok(safetensors::serialize_to_file(views, &Some(metadata), tmp)?))
+}
+
+/// The header metadata of a `.safetensors` file (empty for other formats and for files
+/// without any).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    if Format::from_path(path)? != Format::Safetensors {
+        return Ok(HashMap::new());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{}: not a readable Safetensors weight file ({e})", path.display()))?;
+    Ok(header.metadata().clone().unwrap_or_default())
 }

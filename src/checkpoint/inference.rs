@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use tch::{nn::VarStore, Device};
 
 use super::keys::{check_keys, copy_into, shapes};
-use super::state::{self, TrainState};
-use super::{load_weights, read_tensors};
+use super::state::{self, LatentMeta, TrainState};
+use super::{load_weights, read_metadata, read_tensors, LATENT_KEY, MODEL_KEY};
 use crate::config::Prediction;
 use crate::{Config, Dit};
 
@@ -26,6 +26,9 @@ pub struct Loaded {
     /// any: that is what the weights mean, so another `--prediction` is refused
     /// ([`Loaded::set_prediction`]).
     pub trained_prediction: Option<(PathBuf, Prediction)>,
+    /// For a latent-space model: its autoencoder and normalisation (from the training state,
+    /// or from a `.safetensors` weight file's metadata).
+    pub latent: Option<LatentMeta>,
 }
 
 impl Loaded {
@@ -98,13 +101,32 @@ pub fn load_for_inference(path: &Path, config: Option<&Path>, ema: bool, device:
 
 /// A weight file with no training state: the config from `config`, `./config.json` or the
 /// original's defaults.
-fn from_weights(path: &Path, config: Option<&Path>, device: Device) -> Result<Loaded> {
-    let config = Config::resolve(config)?;
+fn from_weights(path: &Path, config_file: Option<&Path>, device: Device) -> Result<Loaded> {
+    let mut config = Config::resolve(config_file)?;
+    let metadata = read_metadata(path)?;
+    let recorded = |key: &str| -> Result<Option<serde_json::Value>> {
+        metadata
+            .get(key)
+            .map(|text| serde_json::from_str(text))
+            .transpose()
+            .map_err(|e| anyhow!("{}: metadata {key} is not readable ({e})", path.display()))
+    };
+    // A weight file written by `train` in latent space records its model section: it is the
+    // model's shape, so it is used unless a config is named.
+    if let (None, Some(model)) = (config_file, recorded(MODEL_KEY)?) {
+        config.model = serde_json::from_value(model)
+            .map_err(|e| anyhow!("{}: metadata {MODEL_KEY}: {e}", path.display()))?;
+    }
+    let latent: Option<LatentMeta> = recorded(LATENT_KEY)?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| anyhow!("{}: metadata {LATENT_KEY}: {e}", path.display()))?;
+    check_latent(path, &config, latent.as_ref())?;
     let mut vs = VarStore::new(device);
     let model = Dit::new(&vs.root(), &config.model);
     load_weights(&mut vs, path)?;
     let description = format!("weights from {}", path.display());
-    Ok(Loaded { config, vs, model, classes: vec![], description, trained_prediction: None })
+    Ok(Loaded { config, vs, model, classes: vec![], description, trained_prediction: None, latent })
 }
 
 /// `path` (a weight file, or the state file itself) with its training state `state_file`: the
@@ -126,7 +148,38 @@ fn from_state(
     state::check_against(state_file, &st, &shapes(&vs))?;
     let description = copy_chosen_weights(&vs, path, state_file, &st, ema)?;
     let trained_prediction = Some((state_file.to_path_buf(), st.meta.config.diffusion.prediction));
-    Ok(Loaded { config, vs, model, classes: st.meta.classes.clone(), description, trained_prediction })
+    let latent = st.meta.latent.clone();
+    check_latent(state_file, &config, latent.as_ref())?;
+    Ok(Loaded {
+        config,
+        vs,
+        model,
+        classes: st.meta.classes.clone(),
+        description,
+        trained_prediction,
+        latent,
+    })
+}
+
+/// A latent-space model samples only with the autoencoder and normalisation it trained with:
+/// a config naming an autoencoder needs them recorded in `origin`, and recorded ones need the
+/// config to name their autoencoder.
+fn check_latent(origin: &Path, config: &Config, latent: Option<&LatentMeta>) -> Result<()> {
+    match (config.model.autoencoder, latent) {
+        (None, None) => Ok(()),
+        (Some(ae), Some(l)) if ae.name() == l.autoencoder => Ok(()),
+        (Some(ae), None) => bail!(
+            "{}: model.autoencoder is {ae}, but the file records no latent normalisation; sample from the \
+             training state (.state.safetensors) or a .safetensors weight file that train wrote",
+            origin.display()
+        ),
+        (asked, Some(l)) => bail!(
+            "{}: trained in the latent space of {}, but the config's model.autoencoder is {}; use the run's config",
+            origin.display(),
+            l.autoencoder,
+            asked.map_or("none", |a| a.name())
+        ),
+    }
 }
 
 /// Copies the weights to sample with into `vs`: the state's EMA weights with `ema` (when it

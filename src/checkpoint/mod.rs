@@ -14,9 +14,14 @@ mod keys;
 mod pth;
 pub mod state;
 
-pub use format::{read_tensors, write_tensors, Format};
+pub use format::{read_metadata, read_tensors, write_tensors, write_tensors_with, Format};
 pub use inference::{load_for_inference, Loaded};
 pub use keys::{check_keys, copy_into, expected_shapes, named_variables, shapes, Shapes};
+
+/// Metadata key of a `.safetensors` weight file holding its [`state::LatentMeta`] (JSON).
+pub const LATENT_KEY: &str = "dit_latent";
+/// Metadata key of a `.safetensors` weight file holding its model section (JSON).
+pub const MODEL_KEY: &str = "dit_model";
 
 /// Loads a weight file of any format into `vs`, after checking every key and shape.
 pub fn load_weights(vs: &mut VarStore, path: &Path) -> Result<()> {

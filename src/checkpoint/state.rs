@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::keys::{check_keys, Shapes};
 use crate::config::Config;
-use crate::fs::write_atomic;
+use crate::data::LatentStats;
 
 /// Version of the state layout, stored in the file so future changes can read old files.
 const STATE_VERSION: u32 = 1;
@@ -50,6 +50,10 @@ pub struct TrainMeta {
     /// What the run trained on (absent in older files): checked when it resumes.
     #[serde(default)]
     pub data: Option<DataIdentity>,
+    /// What the latents of a latent-space run are (absent in pixel space and older files):
+    /// checked when it resumes, used to decode when it samples.
+    #[serde(default)]
+    pub latent: Option<LatentMeta>,
 }
 
 impl TrainMeta {
@@ -66,6 +70,7 @@ impl TrainMeta {
             adam_step: None,
             schedule_steps: None,
             data: None,
+            latent: None,
         }
     }
 }
@@ -78,6 +83,16 @@ pub struct DataIdentity {
     /// A 64-bit hash (16 hex digits) of the image list: each file's path below the data
     /// folder and its label, in order (the built-in sets: each image's index and label).
     pub fingerprint: String,
+}
+
+/// The autoencoder a latent-space run trained with, by name and sha256 of its files, and the
+/// normalisation of its latents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatentMeta {
+    pub autoencoder: String,
+    pub encoder_sha256: String,
+    pub decoder_sha256: String,
+    pub stats: LatentStats,
 }
 
 fn one() -> i64 {
@@ -108,27 +123,17 @@ impl TrainState {
 
 /// Writes the state atomically. `groups` maps a group name to its named tensors.
 pub fn save(path: &Path, meta: &TrainMeta, groups: &[(&str, &[(String, Tensor)])]) -> Result<()> {
-    let mut owned: Vec<(String, Vec<i64>, Vec<u8>)> = vec![];
-    for (group, tensors) in groups {
-        for (name, t) in tensors.iter() {
-            let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-            let mut bytes = vec![0u8; t.numel() * 4];
-            t.copy_data_u8(&mut bytes, t.numel());
-            owned.push((format!("{group}.{name}"), t.size(), bytes));
-        }
-    }
-    let views: Vec<(String, TensorView)> = owned
+    let named: Vec<(String, Tensor)> = groups
         .iter()
-        .map(|(n, shape, bytes)| {
-            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            Ok((n.clone(), TensorView::new(Dtype::F32, shape, bytes)?))
+        .flat_map(|(group, tensors)| {
+            tensors.iter().map(move |(name, t)| (format!("{group}.{name}"), t.shallow_clone()))
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let metadata = HashMap::from([
         ("dit_state_version".to_string(), STATE_VERSION.to_string()),
         ("meta".to_string(), serde_json::to_string(meta)?),
     ]);
-    write_atomic(path, |tmp| Ok(safetensors::serialize_to_file(views, &Some(metadata), tmp)?))
+    super::format::write_f32_safetensors(path, &named, metadata)
 }
 
 /// Reads a state file, checking its layout (not yet its shapes: see [`check_against`]).

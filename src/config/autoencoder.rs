@@ -1,6 +1,6 @@
-//! Which member of the tiny-autoencoder family: the published weight sets differ only in the
-//! latent's channel count and, for `taef2`, a GroupNorm branch in the 1/8-scale blocks
-//! (docs/AUTOENCODER.md).
+//! Which member of the tiny-autoencoder family (`model.autoencoder`): the published weight sets
+//! differ only in the latent's channel count and, for `taef2`, a GroupNorm branch in the
+//! 1/8-scale blocks (docs/AUTOENCODER.md). Part of the config because it fixes the DiT's shape.
 
 use std::fmt;
 use std::str::FromStr;
@@ -70,9 +70,33 @@ impl FromStr for Variant {
     }
 }
 
+impl Variant {
+    /// Side ratio of image to latent (every variant downsamples by 8).
+    pub const FACTOR: i64 = 8;
+}
+
 impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// `model.autoencoder` in JSON: a variant's name, or `"none"` (also the meaning of a missing
+/// field) for the original's pixel space.
+pub(super) mod option {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use super::Variant;
+
+    pub fn serialize<S: Serializer>(value: &Option<Variant>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value.map_or("none", Variant::name))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Variant>, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "none" => Ok(None),
+            name => Variant::from_name(name).map(Some).map_err(|e| D::Error::custom(format!("{e}, or none"))),
+        }
     }
 }
 

@@ -7,11 +7,13 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
+mod autoencoder;
 mod cache;
 mod model;
 mod objective;
 mod train;
 
+pub use autoencoder::Variant;
 pub use cache::CacheImages;
 pub use model::{ActivationCheckpointing, Attention, ModelConfig, Precision, RuntimeConfig};
 pub use objective::{describe_objective, Loss, LossWeighting, Prediction};

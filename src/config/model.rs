@@ -4,6 +4,8 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
+use super::Variant;
+
 /// Arithmetic of the transformer blocks (not part of the weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -49,16 +51,21 @@ pub enum ActivationCheckpointing {
     Blocks,
 }
 
-/// The architecture: the arguments of the original's `DIT(...)` constructor.
+/// The architecture: the arguments of the original's `DIT(...)` constructor, and the space it
+/// works in (`autoencoder`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Side of the square input image, in pixels.
+    /// Side of the square images, in pixels (the DiT's input side in pixel space).
     pub img_size: i64,
-    /// Side of a square patch; `img_size` must be a multiple of it.
+    /// Side of a square patch; the DiT's input side must be a multiple of it.
     pub patch_size: i64,
     /// Image channels (3 for RGB).
     pub channel: i64,
+    /// `None` (`"none"`, the original's): the DiT denoises pixels. A variant: it denoises that
+    /// autoencoder's latents, `img_size / 8` a side with the variant's channels ([`Self::dit`]).
+    #[serde(with = "super::autoencoder::option")]
+    pub autoencoder: Option<Variant>,
     /// Number of DiT blocks.
     pub dit_num: i64,
     /// Attention heads per block (each head is `emb_size` wide, as in the original).
@@ -79,6 +86,7 @@ impl Default for ModelConfig {
             img_size: 256,
             patch_size: 4,
             channel: 3,
+            autoencoder: None,
             dit_num: 3,
             head: 6,
             label_num: 1,
@@ -89,9 +97,29 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// Patches per image side, P = I / p.
+    /// The arguments the DiT itself is built with, those of the original's `DIT(...)`: this
+    /// config in pixel space; with an autoencoder, side `img_size / 8` and the latent's channels.
+    pub fn dit(&self) -> ModelConfig {
+        match self.autoencoder {
+            None => self.clone(),
+            Some(ae) => ModelConfig {
+                img_size: self.img_size / Variant::FACTOR,
+                channel: ae.latent_channels(),
+                autoencoder: None,
+                ..self.clone()
+            },
+        }
+    }
+
+    /// The shape of `n` of the DiT's inputs (and of the noise): (n, C, I, I) of [`Self::dit`].
+    pub fn input_shape(&self, n: i64) -> [i64; 4] {
+        let d = self.dit();
+        [n, d.channel, d.img_size, d.img_size]
+    }
+
+    /// Patches per side of the DiT's input, P = I / p.
     pub fn patches_per_side(&self) -> i64 {
-        self.img_size / self.patch_size
+        self.dit().img_size / self.patch_size
     }
 
     /// Rows of the label table: `label_num`, plus the "no label" row when there is one.
@@ -116,9 +144,25 @@ impl ModelConfig {
         ] {
             ensure!(value > 0, "model.{name} must be a positive integer, got {value}");
         }
+        let Some(ae) = self.autoencoder else {
+            ensure!(
+                self.img_size % self.patch_size == 0,
+                "model.img_size ({}) must be a multiple of model.patch_size ({})",
+                self.img_size,
+                self.patch_size
+            );
+            return Ok(());
+        };
+        let f = Variant::FACTOR;
         ensure!(
-            self.img_size % self.patch_size == 0,
-            "model.img_size ({}) must be a multiple of model.patch_size ({})",
+            self.channel == 3,
+            "model.channel must be 3 (RGB) with model.autoencoder {ae}, got {}",
+            self.channel
+        );
+        ensure!(
+            self.img_size % (f * self.patch_size) == 0,
+            "model.img_size ({}) must be a multiple of {f} × model.patch_size ({}) with model.autoencoder {ae}: \
+             the DiT works on latents of side img_size / {f}",
             self.img_size,
             self.patch_size
         );

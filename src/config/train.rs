@@ -73,6 +73,10 @@ pub struct TrainConfig {
     /// On a non-finite loss or gradient: false stops the run (the last checkpoint stays as it
     /// was), true skips that step with a warning and goes on.
     pub skip_nonfinite: bool,
+    /// Random horizontal flips of the training images (false, as the original): each image
+    /// of each epoch is mirrored or not by a draw from (seed, epoch, index), so a resumed run
+    /// flips what an uninterrupted one flips. With an autoencoder both versions are encoded.
+    pub hflip: bool,
     /// The sample drawn and logged after epochs.
     pub preview: PreviewConfig,
     /// The sample quality measured after epochs (`Quality/swd` in TensorBoard).
@@ -241,6 +245,7 @@ impl Default for TrainConfig {
             cfg_dropout: 0.0,
             label_init: LabelInit::Independent,
             skip_nonfinite: false,
+            hflip: false,
             preview: PreviewConfig::default(),
             eval: EvalConfig::default(),
         }

@@ -4,7 +4,10 @@
 //! (`budget.rs`) so that later epochs decode them no more. Which images the cache holds is fixed
 //! by the limit alone (the first indices of the data set, as many as fit), and an image reads
 //! the same from the cache as from its file, so the batches, and the training, do not depend
-//! on it. Files that fail to load are warned about once and skipped.
+//! on it. Files that fail to load are warned about once and skipped. In latent space the
+//! batches are read from a memory-mapped [`LatentStore`] instead (no decoding, no cache), in
+//! the same order. With `train.hflip` each image of each epoch is mirrored, or its mirror
+//! image's latent taken, by a coin of (seed, epoch, index) ([`flipped`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,8 +22,9 @@ use tch::Tensor;
 
 use super::budget::human_bytes;
 use super::cache::ImageCache;
+use super::latents::LatentStore;
 use super::{Dataset, CHANNELS};
-use crate::rng::epoch_order;
+use crate::rng::{epoch_order, flipped};
 
 /// Batches decoded ahead of the consumer.
 const PREFETCH_BATCHES: usize = 3;
@@ -28,8 +32,9 @@ const PREFETCH_BATCHES: usize = 3;
 /// One batch, as handed to the trainer. Images stay `u8` on the CPU; the trainer scales them
 /// (x / 255 · 2 − 1) on the device.
 pub struct Batch {
-    /// (B, 3, I, I), `Kind::Uint8`, CPU. B is below the batch size for the last batch of an
-    /// epoch and when files of the batch failed to load.
+    /// (B, 3, I, I), `Kind::Uint8`, CPU; in latent space the latents (B, C, h, w),
+    /// `Kind::Half`, as stored (not normalised). B is below the batch size for the last batch
+    /// of an epoch and when files of the batch failed to load.
     pub images: Tensor,
     /// (B), `Kind::Int64`.
     pub labels: Tensor,
@@ -65,14 +70,33 @@ impl Batch {
 struct Shared {
     dataset: Arc<Dataset>,
     pool: rayon::ThreadPool,
-    /// Decoded images, one slot per dataset index below the cache's capacity.
+    /// Decoded images, one slot per dataset index below the cache's capacity (none in latent
+    /// space).
     cache: ImageCache,
+    /// The latents to hand out instead of the images, in latent space.
+    latents: Option<Arc<LatentStore>>,
+    /// `train.hflip`.
+    hflip: bool,
     /// Images that failed to load once and are skipped from then on.
     failed: Vec<AtomicBool>,
     failed_count: AtomicUsize,
 }
 
 impl Shared {
+    /// The bytes of item `i` (mirrored with `flip`): its latent, or its pixels (HWC).
+    fn item(&self, i: usize, flip: bool) -> Option<Vec<u8>> {
+        match &self.latents {
+            Some(store) => store.item(i, flip).map(<[u8]>::to_vec),
+            None => self.image(i).map(|pixels| {
+                if flip {
+                    mirrored(&pixels, self.dataset.img_size() as usize)
+                } else {
+                    pixels
+                }
+            }),
+        }
+    }
+
     /// Image `i`, from the cache or decoded; `None` if it fails (warned about once) or failed
     /// before.
     fn image(&self, i: usize) -> Option<Vec<u8>> {
@@ -100,14 +124,16 @@ impl Shared {
     }
 
     /// Decodes the images of `indices` (slots `first_slot..` of a global batch of
-    /// `global_len`) on the pool; images that fail to load are left out, so the batch may be
-    /// empty.
+    /// `global_len`) of epoch `epoch` on the pool; images that fail to load are left out, so
+    /// the batch may be empty.
+    #[allow(clippy::too_many_arguments)]
     fn batch(
         &self,
         indices: &[usize],
         first_slot: usize,
         global_len: usize,
         position: usize,
+        (seed, epoch): (u64, u64),
         stop: &AtomicBool,
     ) -> Batch {
         let images: Vec<(usize, usize, Vec<u8>)> = self.pool.install(|| {
@@ -119,13 +145,13 @@ impl Shared {
                     if stop.load(Ordering::Relaxed) {
                         return None;
                     }
-                    self.image(i).map(|pixels| (first_slot + j, i, pixels))
+                    let flip = self.hflip && flipped(seed, epoch, i);
+                    self.item(i, flip).map(|bytes| (first_slot + j, i, bytes))
                 })
                 .collect()
         });
-        let side = self.dataset.img_size();
         let n = images.len();
-        let mut pixels = Vec::with_capacity(n * (side * side) as usize * CHANNELS);
+        let mut pixels = Vec::with_capacity(images.first().map_or(0, |(_, _, b)| n * b.len()));
         for (_, _, image) in &images {
             pixels.extend_from_slice(image);
         }
@@ -135,10 +161,16 @@ impl Shared {
             .iter()
             .map(|&i| self.dataset.label(i).expect("epoch_order yields indices below the data set's length"))
             .collect();
-        let images = Tensor::from_slice(&pixels)
-            .view([n as i64, side, side, CHANNELS as i64]) // (B, I, I, 3)
-            .permute([0, 3, 1, 2]) // (B, 3, I, I)
-            .contiguous();
+        let images = match &self.latents {
+            Some(store) => store.shape().batch(&pixels), // (B, C, h, w) f16
+            None => {
+                let side = self.dataset.img_size();
+                Tensor::from_slice(&pixels)
+                    .view([n as i64, side, side, CHANNELS as i64]) // (B, I, I, 3)
+                    .permute([0, 3, 1, 2]) // (B, 3, I, I)
+                    .contiguous()
+            }
+        };
         let labels = Tensor::from_slice(&labels);
         Batch { images, labels, indices, position, slots, global_len, wait: Duration::ZERO }
     }
@@ -182,8 +214,53 @@ impl Loader {
         let capacity = (cache_limit / image_cost(&dataset)).min(len as u64) as usize;
         let cache = ImageCache::new(capacity, image_bytes(&dataset));
         let failed = (0..len).map(|_| AtomicBool::new(false)).collect();
-        let shared = Arc::new(Shared { dataset, pool, cache, failed, failed_count: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            dataset,
+            pool,
+            cache,
+            latents: None,
+            hflip: false,
+            failed,
+            failed_count: AtomicUsize::new(0),
+        });
         Ok(Loader { shared, batch_size, shard: Shard { rank: 0, world: 1 } })
+    }
+
+    /// A loader of the latents of `dataset`'s images from `store` (encoded from them, in
+    /// their order) instead of the images. Images the store could not encode are left out, as
+    /// files that fail to load are.
+    pub fn latent(dataset: Arc<Dataset>, store: Arc<LatentStore>, batch_size: usize) -> Result<Loader> {
+        ensure!(
+            store.shape().images == dataset.len(),
+            "{} holds {} images, the data {}",
+            store.path().display(),
+            store.shape().images,
+            dataset.len()
+        );
+        let loader = Self::new(dataset, batch_size, 1, 0)?;
+        let Shared { dataset, pool, cache, hflip, failed, .. } =
+            Arc::into_inner(loader.shared).expect("not shared yet");
+        let missing = (0..failed.len())
+            .filter(|&i| !store.valid(i))
+            .inspect(|&i| failed[i].store(true, Ordering::Relaxed))
+            .count();
+        let shared = Shared {
+            dataset,
+            pool,
+            cache,
+            latents: Some(store),
+            hflip,
+            failed,
+            failed_count: AtomicUsize::new(missing),
+        };
+        Ok(Loader { shared: Arc::new(shared), ..loader })
+    }
+
+    /// The same loader with `train.hflip` set to `on`.
+    pub fn with_hflip(self, on: bool) -> Loader {
+        let mut shared = Arc::into_inner(self.shared).expect("set before the first epoch");
+        shared.hflip = on;
+        Loader { shared: Arc::new(shared), ..self }
     }
 
     /// The same loader handing out only `shard`'s part of each global batch (see [`Shard`]).
@@ -200,6 +277,9 @@ impl Loader {
     /// How many images the cache holds once they have been decoded, and what that costs, e.g.
     /// "300 of 300 images, 57.0 MiB".
     pub fn cache_summary(&self) -> String {
+        if let Some(store) = &self.shared.latents {
+            return format!("none needed: latents memory-mapped from {}", store.path().display());
+        }
         let (held, len) = (self.shared.cache.capacity(), self.shared.dataset.len());
         let bytes = held as u64 * image_cost(&self.shared.dataset);
         format!("{held} of {len} images, {}", human_bytes(bytes))
@@ -226,7 +306,7 @@ impl Loader {
         let shared = self.shared.clone();
         let (batch_size, shard, producer_stop) = (self.batch_size, self.shard, stop.clone());
         let producer = std::thread::Builder::new().name("dit-data-producer".to_string()).spawn(move || {
-            produce(&shared, &order, batch_size, shard, skip_batches, &sender, &producer_stop)
+            produce(&shared, &order, (seed, epoch), batch_size, shard, skip_batches, &sender, &producer_stop)
         });
         match producer {
             Ok(handle) => {
@@ -238,6 +318,15 @@ impl Loader {
             }
         }
     }
+}
+
+/// The HWC pixels of a square image of side `side`, mirrored left to right.
+fn mirrored(pixels: &[u8], side: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pixels.len());
+    for row in pixels.chunks_exact(side * CHANNELS) {
+        out.extend(row.chunks_exact(CHANNELS).rev().flatten());
+    }
+    out
 }
 
 /// Bytes of one image of `dataset`.
@@ -254,9 +343,11 @@ fn image_cost(dataset: &Dataset) -> u64 {
 /// The producer thread of one epoch: decodes batch after batch into `sender`. A batch left
 /// empty (its files failed) is skipped, except in a data-parallel run, where every rank must
 /// take every step.
+#[allow(clippy::too_many_arguments)]
 fn produce(
     shared: &Shared,
     order: &[usize],
+    seed_epoch: (u64, u64),
     batch_size: usize,
     shard: Shard,
     skip_batches: usize,
@@ -269,7 +360,7 @@ fn produce(
         }
         let first = (shard.rank * batch_size).min(global.len());
         let mine = &global[first..(first + batch_size).min(global.len())];
-        let batch = shared.batch(mine, first, global.len(), position, stop);
+        let batch = shared.batch(mine, first, global.len(), position, seed_epoch, stop);
         if stop.load(Ordering::Relaxed) {
             return;
         }

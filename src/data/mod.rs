@@ -25,6 +25,7 @@ mod decode;
 mod folder;
 mod jpeg;
 mod jpeg_markers;
+pub mod latents;
 mod loader;
 mod pixels;
 mod resize;
@@ -37,6 +38,7 @@ pub use builtin::{render_panda, render_red_panda, BUILTIN_LEN, BUILTIN_PANDAS, B
 pub use decode::{MAX_DECODE_BYTES, MAX_DECODE_SIDE};
 use folder::Folder;
 pub use folder::IMAGE_EXTENSIONS;
+pub use latents::{LatentStats, LatentStore};
 pub use loader::{Batch, Epoch, Loader, Shard};
 pub use pixels::to_model_range;
 

@@ -29,8 +29,10 @@ pub struct Dit {
 
 impl Dit {
     /// The original's model under the default runtime (`attention: auto`, fp32); see
-    /// [`Dit::set_runtime`].
+    /// [`Dit::set_runtime`]. With `cfg.autoencoder` it is built on the latent's shape
+    /// ([`ModelConfig::dit`]), which is then what [`Dit::config`] returns.
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Self {
+        let cfg = &cfg.dit();
         let (c, p, e) = (cfg.channel, cfg.patch_size, cfg.emb_size);
         let patch_dim = c * p * p;
         let time_emb = vs / "time_emb";

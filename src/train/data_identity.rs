@@ -14,17 +14,21 @@ use crate::checkpoint::state::{DataIdentity, TrainMeta};
 use crate::data::Dataset;
 
 /// FNV-1a, 64 bits: cheap, stable across platforms and releases, enough to tell lists apart.
-struct Fnv(u64);
+pub(super) struct Fnv(u64);
 
 impl Fnv {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self(0xcbf2_9ce4_8422_2325)
     }
 
-    fn write(&mut self, bytes: &[u8]) {
+    pub(super) fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
+    }
+
+    pub(super) fn finish(&self) -> u64 {
+        self.0
     }
 }
 

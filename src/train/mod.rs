@@ -7,6 +7,7 @@
 
 mod data_identity;
 mod epoch;
+mod latents;
 mod objective;
 mod preview;
 mod probe;
@@ -41,6 +42,8 @@ pub struct RunOptions {
     /// This process's place when torchrun started several ([`World::from_env`]): each trains
     /// on its share of every batch of `train.batch_size` × world size images.
     pub world: Option<World>,
+    /// `--autoencoder-dir`: where the autoencoder's weight files are looked up first.
+    pub autoencoder_dir: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -80,24 +83,43 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     check_step_size(t, world_size, dataset.len())?;
     let local_ranks = opts.world.as_ref().map_or(1, |w| w.local_world_size);
     let budget = data::cache_budget(t.cache_images, local_ranks);
-    let mut loader =
-        Loader::new(dataset.clone(), t.step_images() as usize, t.num_workers as usize, budget.bytes)?;
+    let identity = data_identity::identity(&dataset, &cfg.train.data_path);
+    let saved = resumed.as_ref().map(|st| &st.meta);
+    let (mut loader, latent) = match latents::find(&cfg, opts.autoencoder_dir.as_deref(), saved)? {
+        None => (
+            Loader::new(dataset.clone(), t.step_images() as usize, t.num_workers as usize, budget.bytes)?,
+            None,
+        ),
+        Some(ae) => {
+            let store = latents::store(&cfg, &ae, &dataset, &identity, device, pg.as_ref(), main)?;
+            let latent = latents::decoder(&ae, &store, saved, device)?;
+            (Loader::latent(dataset.clone(), store, t.step_images() as usize)?, Some(latent))
+        }
+    };
+    loader = loader.with_hflip(t.hflip);
     if let Some(pg) = &pg {
         loader = loader.sharded(Shard { rank: pg.rank(), world: world_size })?;
     }
     let data = resume::DataAtStart {
         classes,
-        identity: data_identity::identity(&dataset, &cfg.train.data_path),
+        identity,
         steps_per_epoch: loader.batches_per_epoch() as i64,
         allow_change: opts.allow_data_change,
+        latent: latent.as_ref().map(|(_, meta)| meta.clone()),
     };
     let mut tr = resume::start(cfg, data, resumed, device, world_size as i64, main)?;
+    if let Some((decoder, _)) = latent {
+        tr.set_latent(decoder);
+    }
     if let Some(pg) = &pg {
         shard::replicate(&tr, pg)?;
     }
     if main {
         describe(&tr, &dataset, world_size);
-        println!("image cache: {} (budget {})", loader.cache_summary(), budget.origin);
+        match tr.latent.is_some() {
+            true => println!("image cache: {}", loader.cache_summary()),
+            false => println!("image cache: {} (budget {})", loader.cache_summary(), budget.origin),
+        }
     }
     if opts.max_steps.is_some_and(|m| tr.meta.step >= m) {
         if main {

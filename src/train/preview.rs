@@ -8,6 +8,7 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use super::trainer::Trainer;
+use crate::autoencoder::visible;
 use crate::optim::Ema;
 use crate::rng::step_seed;
 use crate::sampling::{self, Normalize, SampleOptions};
@@ -61,8 +62,7 @@ pub(super) fn preview(tr: &Trainer, tb: &mut Logger, epoch: i64, png: Option<Pat
     // The same noise every time, so previews show training progress, not new draws.
     tch::manual_seed(step_seed(tr.meta.seed, -2));
     let n = p.num;
-    let noise = Tensor::randn([n, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu))
-        .to_device(tr.device);
+    let noise = Tensor::randn(m.input_shape(n), (Kind::Float, Device::Cpu)).to_device(tr.device);
     let classes = (tr.meta.classes.len() as i64).max(1);
     let labels = Tensor::arange(n, (Kind::Int64, tr.device)).remainder(classes);
     let (images, states) = {
@@ -70,8 +70,11 @@ pub(super) fn preview(tr: &Trainer, tb: &mut Logger, epoch: i64, png: Option<Pat
         sampling::sample(&tr.model, &tr.schedule, &options, noise, &labels, &mut |_, _| {})?
     };
 
+    // In latent space every state is decoded: what a user sees is images.
     let first: Vec<Tensor> = states.iter().map(|s| s.get(0)).collect();
-    let grid = sampling::to_image_grid(&Tensor::stack(&first, 0), PREVIEW_GRID_ROW, Normalize::MinMax);
+    let first = visible(tr.latent.as_ref(), Tensor::stack(&first, 0));
+    let images = visible(tr.latent.as_ref(), images);
+    let grid = sampling::to_image_grid(&first, PREVIEW_GRID_ROW, Normalize::MinMax);
     tb.image("Generated Images", epoch, &grid)?;
     let path = png.unwrap_or_else(|| {
         let mut name = tr.weights_path.as_os_str().to_owned();

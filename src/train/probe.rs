@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::preview::EmaSwap;
 use super::trainer::Trainer;
+use crate::autoencoder::visible;
 use crate::data::Dataset;
 use crate::quality::{self, SwdOptions, SwdReport};
 use crate::rng::step_seed;
@@ -39,7 +40,7 @@ impl Probe {
         let (m, p) = (&tr.config().model, &tr.config().train.preview);
         let n = self.data.size()[0];
         tch::manual_seed(step_seed(tr.meta.seed, -3));
-        let noise = Tensor::randn([n, m.channel, m.img_size, m.img_size], (Kind::Float, Device::Cpu));
+        let noise = Tensor::randn(m.input_shape(n), (Kind::Float, Device::Cpu));
         let options = SampleOptions {
             sampler: p.sampler,
             steps: p.steps,
@@ -59,6 +60,7 @@ impl Probe {
                 &mut |_| {},
             )?
         };
+        let images = visible(tr.latent.as_ref(), images);
         let report = quality::swd(&images, &self.data, &SwdOptions::default(), 0)?;
         tb.scalar("Quality/swd", epoch, report.mean)?;
         for (side, value) in &report.per_level {

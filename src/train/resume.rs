@@ -8,7 +8,7 @@ use tch::Device;
 
 use super::data_identity::{self, DataChange};
 use super::trainer::Trainer;
-use crate::checkpoint::state::{self, DataIdentity, TrainMeta, TrainState};
+use crate::checkpoint::state::{self, DataIdentity, LatentMeta, TrainMeta, TrainState};
 use crate::config::{Config, LrSchedule};
 use crate::rng::splitmix64;
 
@@ -42,6 +42,14 @@ pub(super) fn read_state(weights: &Path, cfg: &mut Config) -> Result<Option<Trai
     if let Some(st) = &resumed {
         let old = &st.meta.config;
         ensure!(
+            old.model.autoencoder == cfg.model.autoencoder,
+            "{} was trained {}, and model.autoencoder now asks for {}; resume it as it was trained \
+             (or train into another checkpoint path)",
+            path.display(),
+            space(&old.model),
+            space(&cfg.model)
+        );
+        ensure!(
             old.model == cfg.model,
             "{} was trained with a different model section ({}); use its config or another checkpoint path",
             path.display(),
@@ -56,6 +64,14 @@ pub(super) fn read_state(weights: &Path, cfg: &mut Config) -> Result<Option<Trai
     }
     cfg.train.seed = Some(choose_seed(resumed.as_ref(), cfg.train.seed)?);
     Ok(resumed)
+}
+
+/// "in pixel space" or "in the latent space of taef2".
+fn space(model: &crate::config::ModelConfig) -> String {
+    match model.autoencoder {
+        None => "in pixel space (model.autoencoder none)".to_string(),
+        Some(ae) => format!("in the latent space of {ae} (model.autoencoder {ae})"),
+    }
 }
 
 fn choose_seed(resumed: Option<&TrainState>, asked: Option<u64>) -> Result<u64> {
@@ -85,6 +101,8 @@ pub(super) struct DataAtStart {
     pub steps_per_epoch: i64,
     /// `--allow-data-change`: other classes than the saved run's are a deliberate change.
     pub allow_change: bool,
+    /// In latent space: the autoencoder and normalisation of the latents.
+    pub latent: Option<LatentMeta>,
 }
 
 /// The trainer for `cfg` (already fitted by [`read_state`]), fresh or restored, for a run of
@@ -113,6 +131,7 @@ pub(super) fn start(
         world_size,
         schedule_steps: Some(horizon),
         data: Some(data.identity),
+        latent: data.latent,
         ..TrainMeta::fresh(seed, data.classes, cfg)
     };
     let mut tr = Trainer::new(meta, device, weights_path.clone());

@@ -15,6 +15,7 @@ use anyhow::Result;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::objective::objective_loss;
+use crate::autoencoder::LatentDecoder;
 use crate::checkpoint::{self, state, state::TrainMeta};
 use crate::config::{Config, LabelInit, LossWeighting};
 use crate::data;
@@ -70,6 +71,9 @@ pub struct Trainer {
     /// Counters, seed, classes and the config; saved with every checkpoint.
     pub meta: TrainMeta,
     pub(super) weights_path: PathBuf,
+    /// In latent space: the normalisation the batches' latents go through, and the decoder
+    /// that turns samples into images (previews, quality).
+    pub(super) latent: Option<LatentDecoder>,
 }
 
 impl Trainer {
@@ -99,7 +103,7 @@ impl Trainer {
         let adam = Adam::new(&params);
         let ema = (cfg.train.ema_decay > 0.0).then(|| Ema::new(&params, cfg.train.ema_decay));
         let schedule = Schedule::new(&cfg.diffusion, device);
-        Self { device, vs, model, names, params, adam, ema, schedule, meta, weights_path }
+        Self { device, vs, model, names, params, adam, ema, schedule, meta, weights_path, latent: None }
     }
 
     pub fn config(&self) -> &Config {
@@ -119,14 +123,21 @@ impl Trainer {
         tch::manual_seed(step_seed(self.meta.seed, self.meta.step));
         let m = &self.config().model;
         let t = Tensor::randint(self.schedule.max_t, [b], (Kind::Int64, Device::Cpu)).to_device(self.device);
-        let noise = Tensor::randn([b, m.channel, m.img_size, m.img_size], (Kind::Float, self.device));
+        let noise = Tensor::randn(m.input_shape(b), (Kind::Float, self.device));
         let p = self.config().train.cfg_dropout;
         let drop =
             (p > 0.0).then(|| Tensor::rand([b], (Kind::Float, Device::Cpu)).lt(p).to_device(self.device));
         Draws { t, noise, drop }
     }
 
-    /// Forward, backward and clipping of one optimizer step on `images` (N, C, I, I) u8 and
+    /// Trains in latent space: batches are latents, normalised by `decoder`'s statistics, and
+    /// samples are decoded by it.
+    pub fn set_latent(&mut self, decoder: LatentDecoder) {
+        self.latent = Some(decoder);
+    }
+
+    /// Forward, backward and clipping of one optimizer step on `images` (N, C, I, I) u8 (in
+    /// latent space the latents, any float kind) and
     /// `labels` (N), in micro-batches of `train.batch_size` images (one forward pass when N is
     /// at most that; the gradients of all of them add up); the weights change only in
     /// [`Trainer::apply`].
@@ -195,7 +206,10 @@ impl Trainer {
         labels: &Tensor,
         draws: &Draws,
     ) -> (Tensor, TrainingForward, Tensor) {
-        let x0 = data::to_model_range(&images.to_device(self.device)); // (B, C, I, I)
+        let x0 = match &self.latent {
+            None => data::to_model_range(&images.to_device(self.device)), // (B, C, I, I)
+            Some(d) => d.stats().normalise(&images.to_device(self.device)), // (B, C, h, w)
+        };
         let c = self.schedule.coefficients(&draws.t);
         let xt = c.noised(&x0, &draws.noise);
         let labels = labels.to_device(self.device);
@@ -253,7 +267,16 @@ impl Trainer {
             [("model", &model), ("ema", &ema), ("adam_m", &m), ("adam_v", &v)];
         let meta = TrainMeta { adam_step: Some(self.adam.step), ..self.meta.clone() };
         state::save(&state::state_path(&self.weights_path), &meta, &groups)?;
-        checkpoint::write_tensors(&self.weights_path, &model)
+        // A latent-space model means nothing without its autoencoder and normalisation: a
+        // `.safetensors` weight file carries them (the other formats have no metadata).
+        let metadata = match &self.meta.latent {
+            Some(latent) => std::collections::HashMap::from([
+                (checkpoint::LATENT_KEY.to_string(), serde_json::to_string(latent)?),
+                (checkpoint::MODEL_KEY.to_string(), serde_json::to_string(&self.config().model)?),
+            ]),
+            None => Default::default(),
+        };
+        checkpoint::write_tensors_with(&self.weights_path, &model, metadata)
     }
 
     /// Takes over the weights, EMA, Adam's moments and counters of a saved state (whose
