@@ -1,0 +1,232 @@
+//! Training in an autoencoder's latent space end to end on tiny settings (64² images, 8²
+//! latents of a seeded random `taesd`, one block): the store encoded once and reused, exact
+//! resume, decoded previews and samples, the refusals that keep a checkpoint as it was, and
+//! random flips.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use dit::autoencoder::{Decoder, Encoder, Variant};
+use dit::checkpoint::state;
+use tch::{nn::VarStore, Device, Tensor};
+
+/// 3 epochs of 2 steps (8 images, batch 4), EMA, random flips, a 5-step DDIM preview of 4
+/// images after every epoch, in the latent space of taesd at 64² (8² latents, patch 2).
+const LATENT: &str = r#"{
+  "model": {"img_size": 64, "patch_size": 2, "autoencoder": "taesd"},
+  "train": {"epoch": 3, "batch_size": 4, "ema_decay": 0.9, "hflip": true, "data_path": "imgs",
+            "preview": {"sampler": "ddim", "steps": 5, "every_epochs": 1, "num": 4}}
+}"#;
+
+/// A seeded random taesd written as `dir/ae/taesd_{encoder,decoder}.pth`; returns the folder.
+fn autoencoder(dir: &Path, seed: i64) -> PathBuf {
+    let _guard = rng_lock();
+    tch::manual_seed(seed);
+    let folder = dir.join("ae");
+    let enc = VarStore::new(Device::Cpu);
+    let _e = Encoder::new(&enc.root(), Variant::Taesd);
+    let dec = VarStore::new(Device::Cpu);
+    let _d = Decoder::new(&dec.root(), Variant::Taesd);
+    std::fs::create_dir_all(&folder).unwrap();
+    dit::checkpoint::save_weights(&enc, &folder.join("taesd_encoder.pth")).unwrap();
+    dit::checkpoint::save_weights(&dec, &folder.join("taesd_decoder.pth")).unwrap();
+    folder
+}
+
+/// `dir/imgs`: 8 built-in pandas as 64×64 PNGs.
+fn images(dir: &Path) {
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..8 {
+        let px = dit::data::render_panda(i, 64);
+        image::RgbImage::from_raw(64, 64, px).unwrap().save(imgs.join(format!("{i}.png"))).unwrap();
+    }
+}
+
+/// A folder with the images, the autoencoder and the config `latent.json`.
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    images(dir.path());
+    autoencoder(dir.path(), 11);
+    write_tiny_config(dir.path(), "latent.json", &[LATENT]);
+    dir
+}
+
+fn train_bin(d: &Path, checkpoint: &str, extra: &[&str]) -> Output {
+    let logdir = format!("{checkpoint}.logs");
+    let args = [
+        &["--config", "latent.json", "--device", "cpu", "--seed", "3", "--autoencoder-dir", "ae"][..],
+        &["--checkpoint", checkpoint, "--logdir", &logdir],
+        extra,
+    ]
+    .concat();
+    run_bin(env!("CARGO_BIN_EXE_train"), d, &args)
+}
+
+fn train(d: &Path, checkpoint: &str, extra: &[&str]) -> String {
+    let out = train_bin(d, checkpoint, extra);
+    assert!(
+        out.status.success(),
+        "train {checkpoint} {extra:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The one line a refused start prints, after checking that it failed.
+fn refusal(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a refusal:\n{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    err
+}
+
+fn stores(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map_or(vec![], |r| r.map(|e| e.unwrap().path()).collect())
+}
+
+fn assert_same_state(a: &Path, b: &Path) {
+    let (a, b) = (state::load(a).unwrap(), state::load(b).unwrap());
+    assert_eq!((a.meta.step, a.meta.epoch, a.meta.batch_in_epoch), (b.meta.step, b.meta.epoch, b.meta.batch_in_epoch));
+    for g in state::GROUPS {
+        for (name, t) in a.group(g).unwrap() {
+            assert!(t.equal(&b.group(g).unwrap()[name]), "{g}.{name} differs");
+        }
+    }
+}
+
+#[test]
+fn a_latent_run_encodes_once_resumes_bit_for_bit_and_samples_decoded_images() {
+    let dir = setup();
+    let d = dir.path();
+    let first = train(d, "one/w.safetensors", &["--max-steps", "5"]);
+    assert!(first.contains("latents: encoding 8 images and their mirror images with taesd"), "{first}");
+    assert!(first.contains("8 images (and their mirror images) as 4×8×8 float16"), "{first}");
+    let store = stores(&d.join("one/latents"));
+    assert_eq!(store.len(), 1, "{store:?}");
+
+    // The same run in two starts: the second reuses the store and ends where the first did.
+    let a = train(d, "two/w.safetensors", &["--max-steps", "2"]);
+    assert!(a.contains("latents: encoding"), "{a}");
+    let b = train(d, "two/w.safetensors", &["--max-steps", "5"]);
+    assert!(b.contains("(reused)") && !b.contains("latents: encoding"), "{b}");
+    assert!(b.contains("resuming from") && b.contains("at step 2"), "{b}");
+    assert_same_state(&d.join("one/w.safetensors.state.safetensors"), &d.join("two/w.safetensors.state.safetensors"));
+    // Both stores were encoded alike.
+    let other = stores(&d.join("two/latents"));
+    assert_eq!(std::fs::read(&store[0]).unwrap(), std::fs::read(&other[0]).unwrap());
+
+    // The state and the weight file record the autoencoder and the normalisation.
+    let st = state::load(&d.join("one/w.safetensors.state.safetensors")).unwrap();
+    let latent = st.meta.latent.expect("a latent run records its latents");
+    assert_eq!(latent.autoencoder, "taesd");
+    latent.stats.check(4, "state").unwrap();
+    let meta = dit::checkpoint::read_metadata(&d.join("one/w.safetensors")).unwrap();
+    let recorded: state::LatentMeta = serde_json::from_str(&meta[dit::checkpoint::LATENT_KEY]).unwrap();
+    assert_eq!(recorded, latent);
+    // The DiT works on 8² latents of 4 channels: patch 2 gives 16 tokens and a 4·2·2 patch.
+    let w: std::collections::HashMap<String, Tensor> =
+        dit::checkpoint::read_tensors(&d.join("one/w.safetensors")).unwrap().into_iter().collect();
+    assert_eq!(w["position_emb"].size(), [1, 16, 16]);
+    assert_eq!(w["conv.weight"].size(), [16, 4, 2, 2]);
+
+    // Previews and samples are images of img_size², decoded.
+    let preview = image::open(d.join("one/w.safetensors.preview.png")).unwrap();
+    assert!(preview.width() >= 128 && preview.height() >= 128, "{}×{}", preview.width(), preview.height());
+    for checkpoint in ["one/w.safetensors", "one/w.safetensors.state.safetensors"] {
+        let out_dir = d.join(format!("samples-{}", checkpoint.len()));
+        let args = ["--checkpoint", checkpoint, "--autoencoder-dir", "ae", "--sampler", "ddim", "--steps", "5"];
+        let out = run_ok(env!("CARGO_BIN_EXE_sample"), d, &[&args[..], &["--num", "3", "--out-dir", p(&out_dir)]].concat());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("decoding with taesd"));
+        for i in 0..3 {
+            let img = image::open(out_dir.join(format!("{i:04}.png"))).unwrap();
+            assert_eq!((img.width(), img.height()), (64, 64));
+        }
+    }
+}
+
+#[test]
+fn resuming_in_another_space_or_with_another_encoder_is_refused_and_nothing_changes() {
+    let dir = setup();
+    let d = dir.path();
+    train(d, "w.safetensors", &["--max-steps", "1"]);
+    let before = std::fs::read(d.join("w.safetensors.state.safetensors")).unwrap();
+
+    let err = refusal(&train_bin(d, "w.safetensors", &["--autoencoder", "none", "--max-steps", "2"]));
+    assert!(err.contains("trained in the latent space of taesd") && err.contains("pixel space"), "{err}");
+
+    // Other encoder weights under the same name: the latents would mean something else.
+    let other = tempfile::tempdir().unwrap();
+    let folder = autoencoder(other.path(), 12);
+    std::fs::copy(folder.join("taesd_encoder.pth"), d.join("ae/taesd_encoder.pth")).unwrap();
+    let err = refusal(&train_bin(d, "w.safetensors", &["--max-steps", "2"]));
+    assert!(err.contains("taesd_encoder.pth: sha256") && err.contains("encoded its latents with"), "{err}");
+    assert_eq!(std::fs::read(d.join("w.safetensors.state.safetensors")).unwrap(), before);
+
+    // A pixel-space run resumed with an autoencoder.
+    train(d, "pixel.safetensors", &["--autoencoder", "none", "--max-steps", "1"]);
+    let err = refusal(&train_bin(d, "pixel.safetensors", &["--max-steps", "2"]));
+    assert!(err.contains("in pixel space") && err.contains("latent space of taesd"), "{err}");
+
+    // A damaged weight file is one line naming it.
+    std::fs::write(d.join("ae/taesd_decoder.pth"), b"not a pickle").unwrap();
+    let err = refusal(&train_bin(d, "fresh.safetensors", &["--max-steps", "1"]));
+    assert!(err.contains("taesd_decoder.pth"), "{err}");
+    assert!(!d.join("fresh.safetensors").exists());
+}
+
+#[test]
+fn a_weights_only_latent_file_samples_only_with_its_normalisation() {
+    let dir = setup();
+    let d = dir.path();
+    train(d, "w.safetensors", &["--max-steps", "1"]);
+    std::fs::create_dir_all(d.join("alone")).unwrap();
+    // .safetensors carries it in its metadata (model section included): it samples alone.
+    std::fs::copy(d.join("w.safetensors"), d.join("alone/w.safetensors")).unwrap();
+    let args = ["--autoencoder-dir", "ae", "--sampler", "ddim", "--steps", "2", "--num", "2", "--out", "s.png"];
+    run_ok(env!("CARGO_BIN_EXE_sample"), d, &[&["--checkpoint", "alone/w.safetensors"][..], &args].concat());
+    let grid = image::open(d.join("s.png")).unwrap();
+    assert!(grid.width() > 128 && grid.height() >= 64, "two 64² tiles: {}×{}", grid.width(), grid.height());
+    // .ot has no metadata: refused in one line naming the file.
+    let tensors = dit::checkpoint::read_tensors(&d.join("w.safetensors")).unwrap();
+    dit::checkpoint::write_tensors(&d.join("alone/w.ot"), &tensors).unwrap();
+    let out = run_bin(
+        env!("CARGO_BIN_EXE_sample"),
+        d,
+        &[&["--checkpoint", "alone/w.ot", "--config", "latent.json"][..], &args].concat(),
+    );
+    let err = refusal(&out);
+    assert!(err.contains("alone/w.ot") && err.contains("no latent normalisation"), "{err}");
+}
+
+#[test]
+fn hflip_mirrors_about_half_the_images_each_epoch_by_seed_epoch_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    images(dir.path());
+    let data = std::sync::Arc::new(dit::data::Dataset::open(p(&dir.path().join("imgs")), 64).unwrap());
+    let loader = dit::data::Loader::new(data.clone(), 8, 1, dit::data::CACHE_ALL).unwrap().with_hflip(true);
+    let plain = dit::data::Loader::new(data, 8, 1, dit::data::CACHE_ALL).unwrap();
+    let mut mirrored = vec![];
+    for epoch in 0..4 {
+        let batch = loader.epoch(7, epoch, 0).next().unwrap().unwrap();
+        let same = plain.epoch(7, epoch, 0).next().unwrap().unwrap();
+        assert_eq!(batch.indices, same.indices, "flips change no order");
+        for (row, &i) in batch.indices.iter().enumerate() {
+            let (got, orig) = (batch.images.get(row as i64), same.images.get(row as i64));
+            let flipped = dit::rng::flipped(7, epoch, i);
+            let want = if flipped { orig.flip([2]) } else { orig };
+            assert!(got.equal(&want), "epoch {epoch} image {i}");
+            mirrored.push(flipped);
+        }
+        // The same epoch again draws the same flips.
+        let again = loader.epoch(7, epoch, 0).next().unwrap().unwrap();
+        assert!(again.images.equal(&batch.images));
+    }
+    let n = mirrored.iter().filter(|m| **m).count();
+    assert!((6..=26).contains(&n), "{n} of 32 mirrored");
+}
