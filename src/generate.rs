@@ -37,7 +37,7 @@ pub fn generate(
     device: Device,
     decoder: Option<&LatentDecoder>,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let schedule = Schedule::new(&loaded.config.diffusion, device);
+    let schedule = Schedule::new(&loaded.config.diffusion, device).for_space(loaded.config.model.autoencoder);
     let m = &loaded.config.model;
     tch::manual_seed(req.seed as i64);
     let noise = Tensor::randn(m.input_shape(req.num), (Kind::Float, Device::Cpu));

@@ -172,7 +172,7 @@ pub fn sample_with(
         }
         // DDPM clamps every step already and DDIM's and DPM-Solver++'s last steps return the
         // clamped x̂0; the clamp here only makes the contract independent of the sampler.
-        let x = x.clamp(-1.0, 1.0);
+        let x = schedule.clipped(x);
         let kept = kept.into_iter().map(|k| k.expect("every kept index was checked")).collect();
         Ok((x, kept))
     })
@@ -195,7 +195,7 @@ fn step(
         SamplerKind::Ddpm => schedule.ddpm_step(x, &p.eps(out, x, &c), t),
         SamplerKind::Ddim => schedule.ddim_step_from(&p.eps(out, x, &c), &p.x0(out, x, &c), t, next, eta),
         SamplerKind::DpmPP2m => {
-            let x0 = p.x0(out, x, &c).clamp(-1.0, 1.0);
+            let x0 = schedule.clipped(p.x0(out, x, &c));
             let before = previous.as_ref().map(|(x0, t)| Previous { x0, t: *t });
             let x_next = schedule.dpmpp_2m_step(x, &x0, t, next, before);
             *previous = Some((x0, t));

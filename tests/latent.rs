@@ -92,7 +92,10 @@ fn stores(dir: &Path) -> Vec<PathBuf> {
 
 fn assert_same_state(a: &Path, b: &Path) {
     let (a, b) = (state::load(a).unwrap(), state::load(b).unwrap());
-    assert_eq!((a.meta.step, a.meta.epoch, a.meta.batch_in_epoch), (b.meta.step, b.meta.epoch, b.meta.batch_in_epoch));
+    assert_eq!(
+        (a.meta.step, a.meta.epoch, a.meta.batch_in_epoch),
+        (b.meta.step, b.meta.epoch, b.meta.batch_in_epoch)
+    );
     for g in state::GROUPS {
         for (name, t) in a.group(g).unwrap() {
             assert!(t.equal(&b.group(g).unwrap()[name]), "{g}.{name} differs");
@@ -116,7 +119,10 @@ fn a_latent_run_encodes_once_resumes_bit_for_bit_and_samples_decoded_images() {
     let b = train(d, "two/w.safetensors", &["--max-steps", "5"]);
     assert!(b.contains("(reused)") && !b.contains("latents: encoding"), "{b}");
     assert!(b.contains("resuming from") && b.contains("at step 2"), "{b}");
-    assert_same_state(&d.join("one/w.safetensors.state.safetensors"), &d.join("two/w.safetensors.state.safetensors"));
+    assert_same_state(
+        &d.join("one/w.safetensors.state.safetensors"),
+        &d.join("two/w.safetensors.state.safetensors"),
+    );
     // Both stores were encoded alike.
     let other = stores(&d.join("two/latents"));
     assert_eq!(std::fs::read(&store[0]).unwrap(), std::fs::read(&other[0]).unwrap());
@@ -140,8 +146,13 @@ fn a_latent_run_encodes_once_resumes_bit_for_bit_and_samples_decoded_images() {
     assert!(preview.width() >= 128 && preview.height() >= 128, "{}×{}", preview.width(), preview.height());
     for checkpoint in ["one/w.safetensors", "one/w.safetensors.state.safetensors"] {
         let out_dir = d.join(format!("samples-{}", checkpoint.len()));
-        let args = ["--checkpoint", checkpoint, "--autoencoder-dir", "ae", "--sampler", "ddim", "--steps", "5"];
-        let out = run_ok(env!("CARGO_BIN_EXE_sample"), d, &[&args[..], &["--num", "3", "--out-dir", p(&out_dir)]].concat());
+        let args =
+            ["--checkpoint", checkpoint, "--autoencoder-dir", "ae", "--sampler", "ddim", "--steps", "5"];
+        let out = run_ok(
+            env!("CARGO_BIN_EXE_sample"),
+            d,
+            &[&args[..], &["--num", "3", "--out-dir", p(&out_dir)]].concat(),
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("decoding with taesd"));
         for i in 0..3 {
             let img = image::open(out_dir.join(format!("{i:04}.png"))).unwrap();
@@ -188,7 +199,8 @@ fn a_weights_only_latent_file_samples_only_with_its_normalisation() {
     std::fs::create_dir_all(d.join("alone")).unwrap();
     // .safetensors carries it in its metadata (model section included): it samples alone.
     std::fs::copy(d.join("w.safetensors"), d.join("alone/w.safetensors")).unwrap();
-    let args = ["--autoencoder-dir", "ae", "--sampler", "ddim", "--steps", "2", "--num", "2", "--out", "s.png"];
+    let args =
+        ["--autoencoder-dir", "ae", "--sampler", "ddim", "--steps", "2", "--num", "2", "--out", "s.png"];
     run_ok(env!("CARGO_BIN_EXE_sample"), d, &[&["--checkpoint", "alone/w.safetensors"][..], &args].concat());
     let grid = image::open(d.join("s.png")).unwrap();
     assert!(grid.width() > 128 && grid.height() >= 64, "two 64² tiles: {}×{}", grid.width(), grid.height());
@@ -229,4 +241,69 @@ fn hflip_mirrors_about_half_the_images_each_epoch_by_seed_epoch_and_index() {
     }
     let n = mirrored.iter().filter(|m| **m).count();
     assert!((6..=26).contains(&n), "{n} of 32 mirrored");
+}
+
+/// The published autoencoder code and weights (`../shared/models/taef2`, or `$DIT_TAEF2` when
+/// built), as tests/autoencoder.rs finds them.
+fn taef2_dir() -> PathBuf {
+    let dir = PathBuf::from(option_env!("DIT_TAEF2").unwrap_or("../shared/models/taef2"));
+    if dir.is_absolute() {
+        dir
+    } else {
+        root().join(dir)
+    }
+}
+
+#[test]
+#[cfg_attr(not(dit_taef2), ignore = "the published autoencoder code is not on this machine")]
+fn the_original_dit_at_the_latent_shape_and_the_published_decoder_draw_what_sample_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    images(d);
+    let taef2 = taef2_dir();
+    write_tiny_config(d, "latent.json", &[LATENT, r#"{"model": {"autoencoder": "taef2"}}"#]);
+    let ae = ["--autoencoder-dir", p(&taef2)];
+    let args = [
+        &["--config", "latent.json", "--device", "cpu", "--checkpoint", "w.pth", "--max-steps", "3"][..],
+        &ae,
+    ]
+    .concat();
+    run_ok(
+        env!("CARGO_BIN_EXE_train"),
+        d,
+        &[&args[..], &["--logdir", "logs", "--preview-every", "0"]].concat(),
+    );
+    // The normalisation the run recorded, as the Python side reads it.
+    let st = state::load(&d.join("w.pth.state.safetensors")).unwrap();
+    std::fs::write(d.join("stats.json"), serde_json::to_string(&st.meta.latent.unwrap().stats).unwrap())
+        .unwrap();
+    for seed in ["7", "1234"] {
+        let config = d.join("latent.json");
+        let draw = ["--config", p(&config), "--seed", seed, "--num", "2"];
+        let py = d.join(format!("py{seed}.safetensors"));
+        let decoder = taef2.join("taef2_decoder.pth");
+        let (weights, stats) = (d.join("w.pth"), d.join("stats.json"));
+        let python = ["sample", "--weights", p(&weights), "--out", p(&py), "--decoder", p(&decoder)];
+        golden(&[&python[..], &["--stats", p(&stats), "--taesd", p(&taef2)], &draw].concat());
+        // Raw weights (the .pth alone, as the original would load them) with the run's config.
+        let rs = d.join(format!("rs{seed}.safetensors"));
+        let rust = [
+            "--checkpoint",
+            "w.pth.state.safetensors",
+            "--no-ema",
+            "--sampler",
+            "ddpm",
+            "--tensor-out",
+            p(&rs),
+        ];
+        run_ok(env!("CARGO_BIN_EXE_sample"), d, &[&rust[..], &ae, &["--device", "cpu"], &draw].concat());
+        let (want, got) = (read(&py).remove("images").unwrap(), read(&rs).remove("images").unwrap());
+        assert_eq!(got.size(), [2, 3, 64, 64]);
+        let mean = (&got - &want).abs().mean(tch::Kind::Float).double_value(&[]);
+        let max = max_abs_diff(&got, &want);
+        println!("seed {seed}: mean abs diff {mean:e}, max {max:e}");
+        assert!(mean <= 1e-4 && max <= 1e-2, "seed {seed}: mean abs diff {mean:e} (max {max:e})");
+        // Not a pair of blank images: the decoded samples vary.
+        assert!(want.std(true).double_value(&[]) > 0.05);
+    }
 }

@@ -34,6 +34,10 @@ pub struct Schedule {
     pub variance: Tensor,
     /// What the model trained on this schedule predicts.
     pub prediction: Prediction,
+    /// The samplers' clamp of x and x̂0 to [−1, 1] (the original's, every step): on for
+    /// pixels, which live there; off for normalised latents, which do not (about a third of
+    /// their values lie outside), as latent DiTs sample without clipping ([`Self::unclipped`]).
+    pub clip: bool,
 }
 
 impl Schedule {
@@ -54,6 +58,30 @@ impl Schedule {
             alphas_cumprod_prev,
             variance,
             prediction: cfg.prediction,
+            clip: true,
+        }
+    }
+
+    /// The same schedule whose samplers never clamp: for a latent-space model.
+    pub fn unclipped(self) -> Self {
+        Self { clip: false, ..self }
+    }
+
+    /// For a latent-space model (`autoencoder`), [`Self::unclipped`]; otherwise as it is.
+    pub fn for_space(self, autoencoder: Option<crate::config::Variant>) -> Self {
+        if autoencoder.is_some() {
+            self.unclipped()
+        } else {
+            self
+        }
+    }
+
+    /// x clamped to [−1, 1] when the samplers clip ([`Self::clip`]).
+    pub fn clipped(&self, x: Tensor) -> Tensor {
+        if self.clip {
+            x.clamp(-1.0, 1.0)
+        } else {
+            x
         }
     }
 
@@ -77,7 +105,7 @@ impl Schedule {
         let alpha_bar = self.alphas_cumprod.get(s);
         let mean = (x - one_minus(&alpha) / one_minus(&alpha_bar).sqrt() * eps) / alpha.sqrt();
         let x = if s > 0 { &mean + mean.randn_like() * self.variance.get(s).sqrt() } else { mean };
-        x.clamp(-1.0, 1.0)
+        self.clipped(x)
     }
 }
 
@@ -112,6 +140,8 @@ impl Schedule {
     ///    does); 1 − ᾱ_prev − σ² is floored at 0 so that η > 1 cannot produce NaNs.
     /// 4. x_prev is clamped to [−1, 1], as the original's DDPM clamps x after every step.
     ///
+    /// The clamps of steps 1 and 4 apply when the schedule clips (pixel space, [`Self::clip`]).
+    ///
     /// Step 4 departs from Song et al. (a noisy x_t legitimately leaves [−1, 1]) on purpose,
     /// chosen by measurement (256 samples against `builtin:pandas`, sliced Wasserstein
     /// distance × 10³, BENCHMARKS.md "Sample quality against sampling cost"): on the earlier
@@ -134,7 +164,7 @@ impl Schedule {
             Some(s) => self.alphas_cumprod.get(s),
             None => Tensor::ones([], (Kind::Float, self.alphas_cumprod.device())),
         };
-        let x0 = x0.clamp(-1.0, 1.0);
+        let x0 = self.clipped(x0.shallow_clone());
         // 2. σ_t (eq. 16)
         let sigma = (one_minus(&alpha_bar_prev) / one_minus(&alpha_bar)).sqrt()
             * one_minus(&(&alpha_bar / &alpha_bar_prev)).sqrt()
@@ -145,7 +175,7 @@ impl Schedule {
         let x_prev =
             if eta > 0.0 && t_prev.is_some() { &x_prev + x_prev.randn_like() * sigma } else { x_prev };
         // 4. the original's clamp
-        x_prev.clamp(-1.0, 1.0)
+        self.clipped(x_prev)
     }
 }
 

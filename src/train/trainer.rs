@@ -102,7 +102,7 @@ impl Trainer {
             checkpoint::named_variables(&vs).into_iter().unzip();
         let adam = Adam::new(&params);
         let ema = (cfg.train.ema_decay > 0.0).then(|| Ema::new(&params, cfg.train.ema_decay));
-        let schedule = Schedule::new(&cfg.diffusion, device);
+        let schedule = Schedule::new(&cfg.diffusion, device).for_space(cfg.model.autoencoder);
         Self { device, vs, model, names, params, adam, ema, schedule, meta, weights_path, latent: None }
     }
 

@@ -3,6 +3,8 @@ writes safetensors files so that both sides see the same bytes."""
 
 import argparse
 import json
+import os
+import sys
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -80,17 +82,37 @@ def cmd_schedule(a):
 
 
 def cmd_sample(a):
-    """The original's denoise loop after torch.manual_seed(seed)."""
-    model = reference.build(model_cfg(a.config), a.attention)
+    """The original's denoise loop after torch.manual_seed(seed). With --decoder (a latent-space
+    model): the DIT built at the latent's shape (img_size / 8, the decoder's channels), the loop
+    without its clamp, then the latents un-normalised with --stats (JSON: mean, std) and decoded
+    by the published taesd.py (imported from --taesd) into images in [-1, 1]."""
+    m = dict(model_cfg(a.config))
+    decoder = None
+    if a.decoder:
+        sys.path.insert(0, a.taesd)
+        import taesd
+
+        channels, arch = taesd.TAESD.guess_latent_channels_and_arch(None, os.path.basename(a.decoder))
+        decoder = taesd.Decoder(channels, use_midblock_gn=arch == "flux_2")
+        decoder.load_state_dict(torch.load(a.decoder, map_location="cpu", weights_only=True))
+        m["img_size"], m["channel"] = m.get("img_size", 256) // 8, channels
+    model = reference.build(m, a.attention)
     model.load_state_dict(reference.load_state_dict_any(a.weights), strict=True)
-    m = model_cfg(a.config)
     d = reference.Diffusion(**diffusion_cfg(a.config))
     torch.manual_seed(a.seed)
     size = m.get("img_size", 256)
     x = torch.randn(a.num, m.get("channel", 3), size, size)
     y = torch.full((a.num,), a.label, dtype=torch.long)
-    steps = d.denoise(model, x, y)
-    save_file({"images": steps[-1].contiguous(), "noise": steps[0].contiguous()}, a.out)
+    steps = d.denoise(model, x, y, clamp=decoder is None)
+    images = steps[-1]
+    if decoder is not None:
+        with open(a.stats) as f:
+            stats = json.load(f)
+        mean = torch.tensor(stats["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(stats["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        with torch.no_grad():
+            images = decoder(images * std + mean).clamp(0, 1) * 2 - 1
+    save_file({"images": images.contiguous(), "noise": steps[0].contiguous()}, a.out)
 
 
 def cmd_adam(a):
@@ -173,6 +195,9 @@ def main():
         s.add_argument("--attention", default="naive", choices=["naive", "sdpa"])
         s.add_argument("--num", type=int, default=1)
         s.add_argument("--label", type=int, default=0)
+        s.add_argument("--decoder")
+        s.add_argument("--stats")
+        s.add_argument("--taesd")
     a = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     globals()["cmd_" + a.cmd](a)

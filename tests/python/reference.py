@@ -125,8 +125,9 @@ class Diffusion:
         return torch.sqrt(ac) * x + torch.sqrt(1 - ac) * noise, noise
 
     @torch.no_grad()
-    def denoise(self, model, x, y):
-        """Ancestral sampling from the noise x; returns all T + 1 states, the noise first."""
+    def denoise(self, model, x, y, clamp=True):
+        """Ancestral sampling from the noise x; returns all T + 1 states, the noise first. The
+        original clamps x to [-1, 1] every step; `clamp=False` leaves that out (latent space)."""
         model.eval()
         steps = [x.clone()]
         for s in range(self.max_t - 1, -1, -1):
@@ -135,7 +136,7 @@ class Diffusion:
             a, ab = self.alphas[s], self.alphas_cumprod[s]
             mean = (x - (1 - a) / torch.sqrt(1 - ab) * eps) / torch.sqrt(a)
             x = mean + torch.randn_like(x) * torch.sqrt(self.variance[s]) if s != 0 else mean
-            x = torch.clamp(x, -1.0, 1.0).detach()
+            x = (torch.clamp(x, -1.0, 1.0) if clamp else x).detach()
             steps.append(x)
         return steps
 
