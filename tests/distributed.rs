@@ -520,3 +520,30 @@ fn resuming_with_another_global_batch_goes_on_from_the_same_image() {
     let m = state(d, "run").meta;
     assert_eq!((m.step, m.epoch, m.batch_in_epoch, m.world_size), (2, 1, 0, 1));
 }
+
+/// In latent space each of two processes encodes its half of the images; the machine's one
+/// store is the store one process writes alone, byte for byte, and both train on it.
+#[test]
+fn two_processes_encode_the_latent_store_one_process_encodes_and_train_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::latent_images(d);
+    common::autoencoder(d, 11);
+    let latent = r#"{"model": {"img_size": 64, "patch_size": 2, "autoencoder": "taesd"},
+                     "train": {"batch_size": 2, "hflip": true, "data_path": "imgs"}}"#;
+    common::write_tiny_config(d, "dp.json", &[latent]);
+    let extra = ["--autoencoder-dir", "ae", "--max-steps", "2"];
+    let one = train_one(d, "one", &extra);
+    assert!(one.contains("latents: encoding 8 images"), "{one}");
+    let two = train_two(d, "two", &extra);
+    assert!(two.contains("latents: encoding 8 images"), "{two}");
+    assert!(two.contains("reached --max-steps at step 2"), "{two}");
+    let store = |name: &str| {
+        let files: Vec<_> =
+            std::fs::read_dir(d.join(name).join("latents")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        std::fs::read(&files[0]).unwrap()
+    };
+    assert!(store("one") == store("two"), "the stores differ");
+    assert_eq!(state(d, "two").meta.latent, state(d, "one").meta.latent);
+}

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
-use dit::autoencoder::{Decoder, Encoder, Variant};
 use dit::checkpoint::state;
-use tch::{nn::VarStore, Device, Tensor};
+use tch::Tensor;
 
 /// 3 epochs of 2 steps (8 images, batch 4), EMA, random flips, a 5-step DDIM preview of 4
 /// images after every epoch, in the latent space of taesd at 64² (8² latents, patch 2).
@@ -21,35 +20,10 @@ const LATENT: &str = r#"{
             "preview": {"sampler": "ddim", "steps": 5, "every_epochs": 1, "num": 4}}
 }"#;
 
-/// A seeded random taesd written as `dir/ae/taesd_{encoder,decoder}.pth`; returns the folder.
-fn autoencoder(dir: &Path, seed: i64) -> PathBuf {
-    let _guard = rng_lock();
-    tch::manual_seed(seed);
-    let folder = dir.join("ae");
-    let enc = VarStore::new(Device::Cpu);
-    let _e = Encoder::new(&enc.root(), Variant::Taesd);
-    let dec = VarStore::new(Device::Cpu);
-    let _d = Decoder::new(&dec.root(), Variant::Taesd);
-    std::fs::create_dir_all(&folder).unwrap();
-    dit::checkpoint::save_weights(&enc, &folder.join("taesd_encoder.pth")).unwrap();
-    dit::checkpoint::save_weights(&dec, &folder.join("taesd_decoder.pth")).unwrap();
-    folder
-}
-
-/// `dir/imgs`: 8 built-in pandas as 64×64 PNGs.
-fn images(dir: &Path) {
-    let imgs = dir.join("imgs");
-    std::fs::create_dir_all(&imgs).unwrap();
-    for i in 0..8 {
-        let px = dit::data::render_panda(i, 64);
-        image::RgbImage::from_raw(64, 64, px).unwrap().save(imgs.join(format!("{i}.png"))).unwrap();
-    }
-}
-
 /// A folder with the images, the autoencoder and the config `latent.json`.
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    images(dir.path());
+    latent_images(dir.path());
     autoencoder(dir.path(), 11);
     write_tiny_config(dir.path(), "latent.json", &[LATENT]);
     dir
@@ -219,7 +193,7 @@ fn a_weights_only_latent_file_samples_only_with_its_normalisation() {
 #[test]
 fn hflip_mirrors_about_half_the_images_each_epoch_by_seed_epoch_and_index() {
     let dir = tempfile::tempdir().unwrap();
-    images(dir.path());
+    latent_images(dir.path());
     let data = std::sync::Arc::new(dit::data::Dataset::open(p(&dir.path().join("imgs")), 64).unwrap());
     let loader = dit::data::Loader::new(data.clone(), 8, 1, dit::data::CACHE_ALL).unwrap().with_hflip(true);
     let plain = dit::data::Loader::new(data, 8, 1, dit::data::CACHE_ALL).unwrap();
@@ -259,7 +233,7 @@ fn taef2_dir() -> PathBuf {
 fn the_original_dit_at_the_latent_shape_and_the_published_decoder_draw_what_sample_draws() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    images(d);
+    latent_images(d);
     let taef2 = taef2_dir();
     write_tiny_config(d, "latent.json", &[LATENT, r#"{"model": {"autoencoder": "taef2"}}"#]);
     let ae = ["--autoencoder-dir", p(&taef2)];

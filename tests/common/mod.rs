@@ -205,3 +205,28 @@ pub fn wait_until(child: &mut Child, what: &str, done: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A seeded random taesd written as `dir/ae/taesd_{encoder,decoder}.pth`; returns the folder.
+pub fn autoencoder(dir: &Path, seed: i64) -> PathBuf {
+    let _guard = rng_lock();
+    tch::manual_seed(seed);
+    let folder = dir.join("ae");
+    let enc = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _e = dit::autoencoder::Encoder::new(&enc.root(), dit::autoencoder::Variant::Taesd);
+    let dec = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _d = dit::autoencoder::Decoder::new(&dec.root(), dit::autoencoder::Variant::Taesd);
+    std::fs::create_dir_all(&folder).unwrap();
+    dit::checkpoint::save_weights(&enc, &folder.join("taesd_encoder.pth")).unwrap();
+    dit::checkpoint::save_weights(&dec, &folder.join("taesd_decoder.pth")).unwrap();
+    folder
+}
+
+/// `dir/imgs`: 8 built-in pandas as 64×64 PNGs.
+pub fn latent_images(dir: &Path) {
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..8 {
+        let px = dit::data::render_panda(i, 64);
+        image::RgbImage::from_raw(64, 64, px).unwrap().save(imgs.join(format!("{i}.png"))).unwrap();
+    }
+}
