@@ -11,7 +11,8 @@
 //!   bench caps                          whether the device computes bf16 natively
 //!
 //! `BENCH_DEVICE=cuda` measures on the GPU (`scripts/gpu_bench`), `BENCH_PRECISION=bf16` in
-//! mixed precision; the default is the CPU in fp32.
+//! mixed precision; the default is the CPU in fp32. `BENCH_THREADS=N` sets libtorch's intra-op
+//! threads (default: libtorch's own choice, one per core).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -92,6 +93,9 @@ fn main() -> std::process::ExitCode {
 
 fn run_bench() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let Ok(n) = std::env::var("BENCH_THREADS") {
+        tch::set_num_threads(n.parse().with_context(|| format!("BENCH_THREADS={n}"))?);
+    }
     let what = args.get(1).context("usage: bench train|forward|sample|loader CONFIG ARG STEPS")?.clone();
     if what == "caps" {
         // What `precision: auto` decides here, for the scripts to skip emulated bf16.

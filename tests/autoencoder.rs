@@ -1,8 +1,9 @@
 //! The tiny autoencoders of src/autoencoder against the published PyTorch code (`taesd.py`,
 //! imported in place from `../shared/models/taef2` by tests/python/autoencoder_reference.py):
 //! parameter names and shapes of every variant, encoder and decoder outputs within 1e-4 in fp32
-//! on the real taef2 weights with real photos and on seeded random weights of each other shape,
-//! and a pickle that would run code refused without running it.
+//! on the real taef2 weights with real photos and on seeded random weights of each other shape
+//! (each also channels-last, `Encoder::channels_last`), and a pickle that would run code
+//! refused without running it.
 
 mod common;
 
@@ -103,6 +104,9 @@ fn taef2_weights_match_pytorch_on_real_photos_from_pth_and_safetensors() {
     let enc = Encoder::load(&enc_pth, Variant::Taef2, Device::Cpu).unwrap();
     let dec = Decoder::load(&dec_pth, Variant::Taef2, Device::Cpu).unwrap();
     assert_within("taef2 on 3 photos", compare(&enc, &dec, &want));
+    let enc_cl = Encoder::load(&enc_pth, Variant::Taef2, Device::Cpu).unwrap().channels_last();
+    let dec_cl = Decoder::load(&dec_pth, Variant::Taef2, Device::Cpu).unwrap().channels_last();
+    assert_within("taef2 on 3 photos, channels-last", compare(&enc_cl, &dec_cl, &want));
 
     // A safetensors copy computes exactly what the .pth file does.
     let copy = |from: &Path, name: &str| {
@@ -129,12 +133,12 @@ fn random_weights_of_every_shape_match_pytorch() {
     reference(&args);
     for variant in variants {
         let d = dir.path().join(variant.name());
+        let want = read(&d.join("reference.safetensors"));
         let enc = Encoder::load(&d.join("encoder.pth"), variant, Device::Cpu).unwrap();
         let dec = Decoder::load(&d.join("decoder.pth"), variant, Device::Cpu).unwrap();
-        assert_within(
-            &format!("random {variant}"),
-            compare(&enc, &dec, &read(&d.join("reference.safetensors"))),
-        );
+        assert_within(&format!("random {variant}"), compare(&enc, &dec, &want));
+        let (enc, dec) = (enc.channels_last(), dec.channels_last());
+        assert_within(&format!("random {variant}, channels-last"), compare(&enc, &dec, &want));
     }
 }
 

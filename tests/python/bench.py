@@ -4,7 +4,7 @@ the default is the CPU. BENCH_PY_MODE picks the PyTorch peer: `original` (defaul
 attention, fp32, as the original computes it), `sdpa` (fused scaled_dot_product_attention with
 the original's 1/sqrt(L) scale, fp32, eager), `bf16` (sdpa under bf16 autocast, eager),
 `compile` (sdpa fp32 under torch.compile) and `compile_bf16` (sdpa under bf16 autocast and
-torch.compile)."""
+torch.compile). BENCH_THREADS=N sets torch's intra-op threads (default: torch's own choice)."""
 
 import contextlib
 
@@ -26,6 +26,8 @@ def main():
         cfg = json.load(f)
     m = cfg.get("model", {})
     dev = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+    if "BENCH_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     torch.manual_seed(0)
     mode = os.environ.get("BENCH_PY_MODE", "original")
     modes = ("original", "sdpa", "bf16", "compile", "compile_bf16")
