@@ -96,7 +96,7 @@ fn reconstructions(args: &Args, name: &str, num: usize) -> Result<()> {
     let located = dit::autoencoder::locate(variant, args.autoencoder_dir.as_deref())?;
     let device = tch::Device::cuda_if_available();
     let encoder = dit::autoencoder::load_encoder(&located, variant, device)?;
-    let decoder = dit::autoencoder::Decoder::load(&located.decoder, variant, device)?;
+    let decoder = dit::autoencoder::Decoder::load(&located.decoder, variant, device)?.channels_last();
     let data = Dataset::open(&args.data, size)?;
     let class = args.class.as_deref().map(|c| quality::resolve_class(&data, c)).transpose()?;
     let images = quality::load_images(&data, num, class)?; // (N, 3, S, S) in [−1, 1]
