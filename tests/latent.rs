@@ -29,25 +29,22 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
-fn train_bin(d: &Path, checkpoint: &str, extra: &[&str]) -> Output {
+/// The `train` arguments of a run of `latent.json` into `checkpoint`, then `extra`.
+fn train_args(checkpoint: &str, extra: &[&str]) -> Vec<String> {
     let logdir = format!("{checkpoint}.logs");
-    let args = [
-        &["--config", "latent.json", "--device", "cpu", "--seed", "3", "--autoencoder-dir", "ae"][..],
-        &["--checkpoint", checkpoint, "--logdir", &logdir],
-        extra,
-    ]
-    .concat();
-    run_bin(env!("CARGO_BIN_EXE_train"), d, &args)
+    let base = ["--config", "latent.json", "--device", "cpu", "--seed", "3", "--autoencoder-dir", "ae"];
+    let run = ["--checkpoint", checkpoint, "--logdir", &logdir];
+    base.iter().chain(&run).chain(extra).map(|s| s.to_string()).collect()
+}
+
+fn train_bin(d: &Path, checkpoint: &str, extra: &[&str]) -> Output {
+    let args = train_args(checkpoint, extra);
+    run_bin(env!("CARGO_BIN_EXE_train"), d, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn train(d: &Path, checkpoint: &str, extra: &[&str]) -> String {
-    let out = train_bin(d, checkpoint, extra);
-    assert!(
-        out.status.success(),
-        "train {checkpoint} {extra:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = train_args(checkpoint, extra);
+    let out = run_ok(env!("CARGO_BIN_EXE_train"), d, &args.iter().map(String::as_str).collect::<Vec<_>>());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
