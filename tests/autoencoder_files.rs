@@ -19,9 +19,13 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The published TAEF2 files, read in place beside the checkout.
+/// The published TAEF2 files, read in place where build.rs found them (beside the checkout, or
+/// the machine's shared folder for a clone elsewhere).
 fn taef2_folder() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/taef2");
+    let dir = match option_env!("DIT_TAEF2") {
+        Some(found) => PathBuf::from(found),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/taef2"),
+    };
     assert!(dir.join(ENCODER).is_file(), "the TAEF2 files are not in {}", dir.display());
     dir
 }
