@@ -380,7 +380,9 @@ fn grid(images: &Tensor, nrow: i64, normalize: Normalize, padding: i64) -> RgbIm
 /// Writes a PNG atomically (temporary file beside it, then rename), creating parent folders;
 /// errors name the path.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    crate::fs::write_atomic(path, |tmp| {
+    // A PNG is at most a little larger than its raw pixels.
+    let size_hint = img.as_raw().len() as u64 + 4096;
+    crate::fs::write_atomic(path, size_hint, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png).context("PNG encoding failed")
     })
 }

@@ -20,21 +20,25 @@ pub struct Logger {
 }
 
 fn tb_err(e: tboard::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
+    match e {
+        // Kept as an io::Error, so that a full disk is told as one ([`crate::fs::explain`]).
+        tboard::Error::Io(io) => io.into(),
+        other => anyhow::anyhow!("{other}"),
+    }
 }
 
 impl Logger {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create log folder {}", dir.display()))?;
-        let writer = EventWriter::create(dir)
-            .map_err(tb_err)
-            .with_context(|| format!("cannot create a TensorBoard event file in {}", dir.display()))?;
+        // The first event is written at once, so a full disk shows here.
+        let writer = EventWriter::create(dir).map_err(|e| crate::fs::explain(dir, tb_err(e), 64 * 1024))?;
         Ok(Self { writer })
     }
 
     pub fn scalar(&mut self, tag: &str, step: i64, value: f64) -> Result<()> {
-        self.writer.write_scalar(step, tag, value as f32).map_err(tb_err).context("writing TensorBoard log")
+        let r = self.writer.write_scalar(step, tag, value as f32).map_err(tb_err);
+        self.named(r)
     }
 
     /// A histogram of all values of `t` over equal-width buckets.
@@ -49,26 +53,38 @@ impl Logger {
         let counts = Vec::<f64>::try_from(&t.histc(HISTOGRAM_BUCKETS))?;
         let width = (hi - lo) / HISTOGRAM_BUCKETS as f64;
         let limits: Vec<f64> = (1..=HISTOGRAM_BUCKETS).map(|i| lo + width * i as f64).collect();
-        self.writer
+        let r = self
+            .writer
             .write_histo(step, tag, min, max, num, sum, sum_squares, counts, limits)
-            .map_err(tb_err)
-            .context("writing TensorBoard log")
+            .map_err(tb_err);
+        self.named(r)
     }
 
     pub fn image(&mut self, tag: &str, step: i64, img: &image::RgbImage) -> Result<()> {
         let mut png = Cursor::new(vec![]);
         img.write_to(&mut png, image::ImageFormat::Png)?;
         let (w, h) = img.dimensions();
-        self.writer.write_image(step, tag, w as i32, h as i32, 3, png.into_inner()).map_err(tb_err)
+        let r = self.writer.write_image(step, tag, w as i32, h as i32, 3, png.into_inner()).map_err(tb_err);
+        self.named(r)
     }
 
     pub fn graph(&mut self, nodes: &[GraphNode]) -> Result<()> {
         let what = tboard::tensorboard::event::What::GraphDef(encode_graph_def(nodes));
-        self.writer.write(0, what).map_err(tb_err)
+        let r = self.writer.write(0, what).map_err(tb_err);
+        self.named(r)
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.writer.flush().map_err(tb_err).context("flushing TensorBoard log")
+        let r = self.writer.flush().map_err(tb_err);
+        self.named(r)
+    }
+
+    /// A write's error as one line naming the event file and what it needs.
+    fn named(&self, r: Result<()>) -> Result<()> {
+        r.map_err(|e| match self.writer.filename() {
+            Some(file) => crate::fs::explain(file, e, 64 * 1024),
+            None => e.context("writing TensorBoard log"),
+        })
     }
 }
 

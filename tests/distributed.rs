@@ -53,12 +53,24 @@ impl Rank {
         )
     }
 
+    /// `train` in `dir` as rank `rank` alone on its machine (local rank 0 of 1), as on a
+    /// cluster of one process per machine.
+    fn machine(dir: &Path, rank: usize, world: usize, port: u16, args: &[String]) -> Rank {
+        let mut command = Command::new(TRAIN);
+        command.current_dir(dir).args(args).env("OMP_NUM_THREADS", "1");
+        command.env("LOCAL_RANK", "0").env("LOCAL_WORLD_SIZE", "1");
+        Rank::spawn(&mut command, rank, world, port)
+    }
+
+    /// Spawns `command` as rank `rank` of `world` (on one machine, unless the command sets
+    /// `LOCAL_RANK` itself).
     fn spawn(command: &mut Command, rank: usize, world: usize, port: u16) -> Rank {
+        if !command.get_envs().any(|(k, _)| k == "LOCAL_RANK") {
+            command.env("LOCAL_RANK", rank.to_string()).env("LOCAL_WORLD_SIZE", world.to_string());
+        }
         let mut child = command
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", world.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("LOCAL_WORLD_SIZE", world.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .env_remove("TORCHELASTIC_USE_AGENT_STORE")
@@ -546,4 +558,76 @@ fn two_processes_encode_the_latent_store_one_process_encodes_and_train_on_it() {
     };
     assert!(store("one") == store("two"), "the stores differ");
     assert_eq!(state(d, "two").meta.latent, state(d, "one").meta.latent);
+}
+
+/// The latent setting of [`two_processes_encode_the_latent_store_one_process_encodes_and_train_on_it`]
+/// in `dir`: 8 images, the autoencoder and `dp.json`.
+fn latent_dir(dir: &Path) {
+    common::latent_images(dir);
+    common::autoencoder(dir, 11);
+    let latent = r#"{"model": {"img_size": 64, "patch_size": 2, "autoencoder": "taesd"},
+                     "train": {"batch_size": 2, "hflip": true, "data_path": "imgs"}}"#;
+    common::write_tiny_config(dir, "dp.json", &[latent]);
+}
+
+/// Two machines' processes (each local rank 0 of 1) started together in `dirs` (one each).
+fn two_machines(dirs: [&Path; 2], extra: &[&str]) -> [String; 2] {
+    let port = free_port();
+    let args = dp_args("run", extra);
+    let ranks = [Rank::machine(dirs[0], 0, 2, port, &args), Rank::machine(dirs[1], 1, 2, port, &args)];
+    ranks.map(|r| {
+        let (status, out, err, _) = r.finish(Duration::from_secs(300));
+        assert!(status.success(), "{out}\n{err}");
+        out
+    })
+}
+
+/// The latents of a store, image by image (its metadata left out: it names the files).
+fn store_latents(dir: &Path) -> Vec<Vec<u8>> {
+    let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let store = dit::data::LatentStore::open(&files[0]).unwrap();
+    (0..8).flat_map(|i| [false, true].map(|f| store.item(i, f).unwrap().to_vec())).collect()
+}
+
+/// Two machines sharing one folder elect one writer of their one store; both train.
+#[test]
+fn two_machines_on_one_shared_folder_write_one_store_and_both_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    latent_dir(d);
+    let extra = ["--autoencoder-dir", "ae", "--max-steps", "2"];
+    let one = train_one(d, "one", &extra);
+    assert!(one.contains("latents: encoding 8 images"), "{one}");
+    let [a, _] = two_machines([d, d], &extra);
+    assert!(a.contains("latents: encoding 8 images") && a.contains("reached --max-steps at step 2"), "{a}");
+    let read = |name: &str| {
+        let files: Vec<_> =
+            std::fs::read_dir(d.join(name).join("latents")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        std::fs::read(&files[0]).unwrap()
+    };
+    assert!(read("one") == read("run"), "the store differs from one process's");
+    assert_eq!(state(d, "run").meta.world_size, 2);
+}
+
+/// Machines with folders of their own each write theirs; one that already has its store
+/// does not hold the other up, and the other's store is the same latents.
+#[test]
+fn two_machines_with_their_own_folders_each_write_their_store_even_when_one_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m0, m1) = (dir.path().join("m0"), dir.path().join("m1"));
+    for m in [&m0, &m1] {
+        std::fs::create_dir_all(m).unwrap();
+        latent_dir(m);
+    }
+    let extra = ["--autoencoder-dir", "ae", "--max-steps", "2"];
+    // m0 has its store (from a run whose checkpoint is then removed); m1 has none.
+    train_one(&m0, "run", &["--autoencoder-dir", "ae", "--max-steps", "1"]);
+    for f in ["run/w.safetensors", "run/w.safetensors.state.safetensors"] {
+        std::fs::remove_file(m0.join(f)).unwrap();
+    }
+    let [a, _] = two_machines([&m0, &m1], &extra);
+    assert!(a.contains("reached --max-steps at step 2"), "{a}");
+    assert!(store_latents(&m0.join("run/latents")) == store_latents(&m1.join("run/latents")));
 }

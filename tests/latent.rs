@@ -147,7 +147,11 @@ fn resuming_in_another_space_or_with_another_encoder_is_refused_and_nothing_chan
     let folder = autoencoder(other.path(), 12);
     std::fs::copy(folder.join("taesd_encoder.pth"), d.join("ae/taesd_encoder.pth")).unwrap();
     let err = refusal(&train_bin(d, "w.safetensors", &["--max-steps", "2"]));
-    assert!(err.contains("taesd_encoder.pth: sha256") && err.contains("encoded its latents with"), "{err}");
+    assert!(
+        err.contains("taesd_encoder.pth: sha256")
+            && err.contains("were trained on latents of an encoder of sha256"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(d.join("w.safetensors.state.safetensors")).unwrap(), before);
 
     // A pixel-space run resumed with an autoencoder.
@@ -277,4 +281,98 @@ fn the_original_dit_at_the_latent_shape_and_the_published_decoder_draw_what_samp
         // Not a pair of blank images: the decoded samples vary.
         assert!(want.std(true).double_value(&[]) > 0.05);
     }
+}
+
+/// The latent stores in `dir` (no temporary files).
+fn whole_stores(dir: &Path) -> Vec<PathBuf> {
+    stores(dir).into_iter().filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect()
+}
+
+#[test]
+fn a_start_that_will_be_refused_is_refused_before_any_encoding() {
+    let dir = setup();
+    let d = dir.path();
+    write_tiny_config(d, "two.json", &[LATENT, r#"{"model": {"label_num": 2}}"#]);
+    let two = ["--config", "two.json"];
+    train(d, "w.safetensors", &[&two[..], &["--max-steps", "1"]].concat());
+    std::fs::remove_dir_all(d.join("latents")).unwrap();
+    let before = std::fs::read(d.join("w.safetensors.state.safetensors")).unwrap();
+    // The images now in two class folders: the saved run had one class.
+    std::fs::create_dir_all(d.join("imgs/a")).unwrap();
+    std::fs::create_dir_all(d.join("imgs/b")).unwrap();
+    for i in 0..8 {
+        let class = if i < 4 { "a" } else { "b" };
+        std::fs::rename(d.join(format!("imgs/{i}.png")), d.join(format!("imgs/{class}/{i}.png"))).unwrap();
+    }
+    let out = train_bin(d, "w.safetensors", &[&two[..], &["--max-steps", "2"]].concat());
+    let err = refusal(&out);
+    assert!(err.contains("class"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("latents: encoding"));
+    assert_eq!(whole_stores(&d.join("latents")), Vec::<PathBuf>::new());
+    assert_eq!(std::fs::read(d.join("w.safetensors.state.safetensors")).unwrap(), before);
+    // A quality probe of too few images, on a fresh run.
+    let probe = r#"{"train": {"eval": {"every_epochs": 1, "num": 1}}}"#;
+    write_tiny_config(d, "probe.json", &[LATENT, probe]);
+    let out = train_bin(d, "fresh.safetensors", &["--config", "probe.json", "--max-steps", "1"]);
+    assert!(refusal(&out).contains("train.eval.num"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("latents: encoding"));
+    assert_eq!(whole_stores(&d.join("latents")), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_weights_only_start_from_another_autoencoders_latents_is_refused_naming_both() {
+    let dir = setup();
+    let d = dir.path();
+    train(d, "w.safetensors", &["--max-steps", "1"]);
+    std::fs::remove_file(d.join("w.safetensors.state.safetensors")).unwrap();
+    let weights = std::fs::read(d.join("w.safetensors")).unwrap();
+    // taesdxl has taesd's 4 latent channels, so only the record tells them apart.
+    let err = refusal(&train_bin(d, "w.safetensors", &["--autoencoder", "taesdxl", "--max-steps", "2"]));
+    assert!(err.contains("latent space of taesd,") && err.contains("latent space of taesdxl"), "{err}");
+    // The same autoencoder with other encoder weights.
+    let other = tempfile::tempdir().unwrap();
+    let folder = autoencoder(other.path(), 12);
+    std::fs::copy(folder.join("taesd_encoder.pth"), d.join("ae/taesd_encoder.pth")).unwrap();
+    let out = train_bin(d, "w.safetensors", &["--max-steps", "2"]);
+    let err = refusal(&out);
+    assert!(
+        err.contains("taesd_encoder.pth: sha256") && err.contains("w.safetensors were trained on"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("latents: encoding"));
+    assert_eq!(std::fs::read(d.join("w.safetensors")).unwrap(), weights);
+}
+
+#[test]
+fn an_image_replaced_at_the_same_size_and_modification_time_is_re_encoded() {
+    let dir = setup();
+    let d = dir.path();
+    train(d, "w.safetensors", &["--max-steps", "1"]);
+    let old_store = whole_stores(&d.join("latents"));
+    assert_eq!(old_store.len(), 1);
+    let old_latent = dit::data::LatentStore::open(&old_store[0]).unwrap().item(0, false).unwrap().to_vec();
+    // Another picture, padded after its end to the old file's size, renamed into place and
+    // given the old modification time: size and mtime alone cannot tell.
+    let target = d.join("imgs/0.png");
+    let meta = std::fs::metadata(&target).unwrap();
+    let mut png = std::io::Cursor::new(vec![]);
+    image::RgbImage::from_pixel(64, 64, image::Rgb([200, 30, 30]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let mut bytes = png.into_inner();
+    assert!(bytes.len() < meta.len() as usize);
+    bytes.resize(meta.len() as usize, 0);
+    let tmp = d.join("imgs.new");
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(meta.modified().unwrap()).unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    let after = std::fs::metadata(&target).unwrap();
+    assert_eq!((after.len(), after.modified().unwrap()), (meta.len(), meta.modified().unwrap()));
+    let out = train(d, "w.safetensors", &["--max-steps", "2"]);
+    assert!(out.contains("latents: encoding") && !out.contains("(reused)"), "{out}");
+    let new_store: Vec<PathBuf> =
+        whole_stores(&d.join("latents")).into_iter().filter(|p| *p != old_store[0]).collect();
+    assert_eq!(new_store.len(), 1);
+    let new_latent = dit::data::LatentStore::open(&new_store[0]).unwrap().item(0, false).unwrap().to_vec();
+    assert_ne!(new_latent, old_latent, "image 0's latents were not re-encoded");
 }

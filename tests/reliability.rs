@@ -289,20 +289,9 @@ fn a_checkpoint_of_another_model_or_a_corrupt_state_is_refused_untouched() {
     assert_eq!(std::fs::read(d.join("w.safetensors")).unwrap(), b"garbage");
 }
 
-#[test]
-fn a_failing_save_is_an_error_and_keeps_the_previous_checkpoint() {
-    // A full disk and any other write failure take the same path: the temporary file cannot
-    // be written. Here a directory sits where the temporary file must go.
-    let dir = after_one_epoch("w.ot");
-    let (d, base) = (dir.path(), base("w.ot"));
-    let (weights, state) =
-        (std::fs::read(d.join("w.ot")).unwrap(), std::fs::read(d.join("w.ot.state.safetensors")).unwrap());
-    std::fs::create_dir(d.join(".tmp-w.ot.state.safetensors")).unwrap();
-    let out = run_train(d, &[&base[..], &["--max-steps", "4"]].concat());
-    assert!(one_line_error(&out).contains("w.ot.state.safetensors"));
-    assert_eq!(std::fs::read(d.join("w.ot")).unwrap(), weights, "the weights changed");
-    assert_eq!(std::fs::read(d.join("w.ot.state.safetensors")).unwrap(), state, "the state changed");
-}
+// A save that fails (a full disk, a read-only or unwritable folder) is tested in
+// tests/writers.rs, on a tmpfs the test mounts; a leftover temporary folder at the target's old
+// temporary name no longer stops a save (every write has a name of its own), also tested there.
 
 #[test]
 fn running_out_of_memory_is_one_line_naming_the_batch_size_and_saves_nothing() {

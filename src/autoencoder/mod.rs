@@ -20,4 +20,4 @@ mod stack;
 pub use crate::config::Variant;
 pub use decoder::Decoder;
 pub use encoder::Encoder;
-pub use space::{load_encoder, locate, visible, LatentDecoder};
+pub use space::{load_decoder, load_encoder, locate, visible, LatentDecoder};

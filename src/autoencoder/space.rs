@@ -27,6 +27,12 @@ pub fn load_encoder(located: &Located, variant: Variant, device: Device) -> Resu
     Ok(Encoder::load(&located.encoder, variant, device)?.channels_last())
 }
 
+/// The decoder of `located`, channels-last as [`load_encoder`] (a training run loads it before
+/// encoding, so that a bad file stops the start before that work).
+pub fn load_decoder(located: &Located, variant: Variant, device: Device) -> Result<Decoder> {
+    Ok(Decoder::load(&located.decoder, variant, device)?.channels_last())
+}
+
 /// The decoder of a latent-space model with the normalisation its latents were trained under.
 pub struct LatentDecoder {
     decoder: Decoder,

@@ -61,12 +61,17 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .map_err(|e| anyhow!("{}: not a readable {format:?} weight file ({})", path.display(), first_line(e)))
 }
 
+/// About the bytes a file of `named` takes: the tensors' data and a margin for the headers.
+fn payload_bytes(named: &[(String, Tensor)]) -> u64 {
+    named.iter().map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum::<u64>() + 65536
+}
+
 /// Writes named tensors atomically, in the format `path`'s extension names.
 pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     let format = Format::from_path(path)?;
     let cpu: Vec<(String, Tensor)> =
         named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
-    write_atomic(path, |tmp| {
+    write_atomic(path, payload_bytes(&cpu), |tmp| {
         match format {
             Format::Ot => Tensor::save_multi(&cpu, tmp).map_err(|e| anyhow!(first_line(e)))?,
             Format::Safetensors => {
@@ -110,7 +115,14 @@ pub(super) fn write_f32_safetensors(
         .iter()
         .map(|(n, shape, bytes)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
         .collect::<Result<_>>()?;
-    write_atomic(path, |tmp| Ok(safetensors::serialize_to_file(views, &Some(metadata), tmp)?))
+    let size_hint = owned.iter().map(|(_, _, b)| b.len() as u64).sum::<u64>() + 65536;
+    write_atomic(path, size_hint, |tmp| {
+        safetensors::serialize_to_file(views, &Some(metadata), tmp).map_err(|e| match e {
+            // Kept as an io::Error, so that a full disk is told as one (crate::fs::explain).
+            safetensors::SafeTensorError::IoError(io) => io.into(),
+            other => anyhow!("{other:?}"),
+        })
+    })
 }
 
 /// The header metadata of a `.safetensors` file (empty for other formats and for files

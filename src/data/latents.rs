@@ -270,9 +270,11 @@ pub fn write(
     fill: impl FnOnce(&mut StoreWriter) -> Result<()>,
 ) -> Result<LatentStats> {
     let mut stats = None;
-    write_atomic(path, |tmp| {
-        let c = shape.channels as usize;
-        let (latents, floats, n) = (shape.latent_bytes(), 4 * c as u64, shape.images as u64);
+    let c = shape.channels as usize;
+    let (latents, floats, n) = (shape.latent_bytes(), 4 * c as u64, shape.images as u64);
+    // The header is a few hundred bytes plus the metadata.
+    let size_hint = latents + 2 * floats + n + 4096;
+    write_atomic(path, size_hint, |tmp| {
         let mut header = serde_json::json!({
             "latents": {"dtype": "F16", "shape": [shape.images, shape.flips, c, shape.side, shape.side],
                         "data_offsets": [0, latents]},
@@ -287,7 +289,7 @@ pub fn write(
         file.write_all(&(text.len() as u64).to_le_bytes())?;
         file.write_all(&text)?;
         let start = 8 + text.len() as u64;
-        file.set_len(start + latents + 2 * floats + n)?;
+        reserve(&file, start + latents + 2 * floats + n)?;
         let mut w = StoreWriter {
             file,
             shape,
@@ -315,6 +317,19 @@ pub fn write(
         Ok(())
     })?;
     Ok(stats.expect("set by the write"))
+}
+
+/// Gives `file` its full `len` and, where the file system can, claims the space now, so a
+/// disk too small for the store fails before the encoding rather than after it.
+fn reserve(file: &File, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open file descriptor; posix_fallocate only extends the file.
+    let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match r {
+        0 => Ok(()),
+        libc::EINVAL | libc::EOPNOTSUPP => Ok(file.set_len(len)?),
+        code => Err(std::io::Error::from_raw_os_error(code).into()),
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use tch::Device;
 
 pub use trainer::{Draws, StepOutput, Trainer};
 
+use crate::autoencoder;
 use crate::checkpoint::{self, state};
 use crate::config::{describe_objective, Config, Precision};
 use crate::data::{self, Dataset, Loader, Shard};
@@ -84,15 +85,27 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let local_ranks = opts.world.as_ref().map_or(1, |w| w.local_world_size);
     let budget = data::cache_budget(t.cache_images, local_ranks);
     let identity = data_identity::identity(&dataset, &cfg.train.data_path);
-    let saved = resumed.as_ref().map(|st| &st.meta);
-    let (mut loader, latent) = match latents::find(&cfg, opts.autoencoder_dir.as_deref(), saved)? {
+    // Every check that can refuse the start comes before the latents are encoded.
+    let change = resume::check_data(&cfg, resumed.as_ref(), &classes, &identity, opts.allow_data_change)?;
+    let trained_latent = match &resumed {
+        Some(st) => st.meta.latent.clone(),
+        None => resume::check_weights_only(&weights_path, &cfg)?,
+    };
+    let probe = match cfg.train.eval.every_epochs {
+        0 => None,
+        _ if !main => None,
+        _ => Some(probe::Probe::new(&dataset, cfg.train.eval.num)?),
+    };
+    let ae = latents::find(&cfg, opts.autoencoder_dir.as_deref(), trained_latent.as_ref(), &weights_path)?;
+    let (mut loader, latent) = match ae {
         None => (
             Loader::new(dataset.clone(), t.step_images() as usize, t.num_workers as usize, budget.bytes)?,
             None,
         ),
         Some(ae) => {
+            let decoder = autoencoder::load_decoder(&ae.located, ae.variant, device)?;
             let store = latents::store(&cfg, &ae, &dataset, &identity, device, pg.as_ref(), main)?;
-            let latent = latents::decoder(&ae, &store, saved, device)?;
+            let latent = latents::decoder(&ae, decoder, &store, trained_latent.as_ref())?;
             (Loader::latent(dataset.clone(), store, t.step_images() as usize)?, Some(latent))
         }
     };
@@ -103,8 +116,8 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let data = resume::DataAtStart {
         classes,
         identity,
+        change,
         steps_per_epoch: loader.batches_per_epoch() as i64,
-        allow_change: opts.allow_data_change,
         latent: latent.as_ref().map(|(_, meta)| meta.clone()),
     };
     let mut tr = resume::start(cfg, data, resumed, device, world_size as i64, main)?;
@@ -131,11 +144,6 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         }
         return Ok(Outcome::MaxSteps);
     }
-    let probe = match tr.config().train.eval.every_epochs {
-        0 => None,
-        _ if pg.as_ref().is_some_and(|pg| pg.rank() != 0) => None,
-        _ => Some(probe::Probe::new(&dataset, tr.config().train.eval.num)?),
-    };
     epoch::train_epochs(&mut tr, opts, &loader, pg.as_ref(), probe.as_ref())
 }
 

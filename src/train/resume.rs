@@ -8,6 +8,7 @@ use tch::Device;
 
 use super::data_identity::{self, DataChange};
 use super::trainer::Trainer;
+use crate::checkpoint;
 use crate::checkpoint::state::{self, DataIdentity, LatentMeta, TrainMeta, TrainState};
 use crate::config::{Config, LrSchedule};
 use crate::rng::splitmix64;
@@ -25,10 +26,7 @@ pub(super) fn check_writable(dir: &Path, what: &str) -> Result<()> {
 
 /// The folder of `path` ("." for a bare file name).
 pub(super) fn parent(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    crate::fs::parent(path)
 }
 
 /// Reads the training state beside `weights`, if any, and fits `cfg` to it: the architecture
@@ -92,6 +90,63 @@ fn choose_seed(resumed: Option<&TrainState>, asked: Option<u64>) -> Result<u64> 
     })
 }
 
+/// How the data compares with the resumed run's (`allow_change`: `--allow-data-change`, other
+/// classes than the saved run's are a deliberate change); a refusal names the state file.
+pub(super) fn check_data(
+    cfg: &Config,
+    resumed: Option<&TrainState>,
+    classes: &[String],
+    identity: &DataIdentity,
+    allow_change: bool,
+) -> Result<DataChange> {
+    let Some(st) = resumed else { return Ok(DataChange::Same) };
+    let state_path = state::state_path(Path::new(&cfg.train.model_save_path));
+    data_identity::compare(&state_path, &st.meta, classes, identity, allow_change)
+}
+
+/// A weights-only start (a weight file with no training state beside it): the file must fit
+/// the model, and one that records the space it was trained in (a `.safetensors` that `train`
+/// wrote) must have been trained in this run's. Returns the autoencoder and normalisation it
+/// records, if any.
+pub(super) fn check_weights_only(weights: &Path, cfg: &Config) -> Result<Option<LatentMeta>> {
+    if !weights.is_file() {
+        return Ok(None);
+    }
+    let found = checkpoint::read_tensors(weights)?;
+    checkpoint::check_keys(weights, &checkpoint::expected_shapes(&cfg.model), &found)?;
+    let metadata = checkpoint::read_metadata(weights)?;
+    let field = |key: &str| -> Result<Option<serde_json::Value>> {
+        let Some(text) = metadata.get(key) else { return Ok(None) };
+        serde_json::from_str(text)
+            .map(Some)
+            .with_context(|| format!("{}: metadata {key} is not readable", weights.display()))
+    };
+    let latent: Option<LatentMeta> =
+        field(checkpoint::LATENT_KEY)?.map(serde_json::from_value).transpose().with_context(|| {
+            format!("{}: metadata {} is not readable", weights.display(), checkpoint::LATENT_KEY)
+        })?;
+    // The model section records pixel space too (autoencoder null); a file without either
+    // (.ot, .pth, or written elsewhere) says nothing, and its shapes were checked above.
+    let recorded_model = field(checkpoint::MODEL_KEY)?;
+    let trained = match (&latent, &recorded_model) {
+        (Some(l), _) => Some(l.autoencoder.clone()),
+        (None, Some(model)) => {
+            Some(model.get("autoencoder").and_then(|a| a.as_str()).map(str::to_string)).flatten()
+        }
+        (None, None) => return Ok(None),
+    };
+    let asked = cfg.model.autoencoder.map(|a| a.name().to_string());
+    ensure!(
+        trained == asked,
+        "{}: its weights were trained {}, and model.autoencoder asks for {}; start from weights of this space \
+         (or train into another checkpoint path)",
+        weights.display(),
+        trained.as_deref().map_or("in pixel space".to_string(), |a| format!("in the latent space of {a}")),
+        asked.as_deref().map_or("pixel space".to_string(), |a| format!("the latent space of {a}"))
+    );
+    Ok(latent)
+}
+
 /// What a start knows of the data it is about to train on.
 pub(super) struct DataAtStart {
     /// Class names, label order.
@@ -99,8 +154,8 @@ pub(super) struct DataAtStart {
     pub identity: DataIdentity,
     /// Optimisation steps in one epoch of the current data, batch size and world size.
     pub steps_per_epoch: i64,
-    /// `--allow-data-change`: other classes than the saved run's are a deliberate change.
-    pub allow_change: bool,
+    /// How the data compares with a resumed run's ([`check_data`]).
+    pub change: DataChange,
     /// In latent space: the autoencoder and normalisation of the latents.
     pub latent: Option<LatentMeta>,
 }
@@ -119,12 +174,7 @@ pub(super) fn start(
 ) -> Result<Trainer> {
     let weights_path = PathBuf::from(&cfg.train.model_save_path);
     let state_path = state::state_path(&weights_path);
-    let change = match &resumed {
-        Some(st) => {
-            data_identity::compare(&state_path, &st.meta, &data.classes, &data.identity, data.allow_change)?
-        }
-        None => DataChange::Same,
-    };
+    let change = data.change;
     let horizon = schedule_steps(&cfg, resumed.as_ref().map(|st| &st.meta), data.steps_per_epoch, verbose);
     let seed = cfg.train.seed.expect("read_state chose the seed");
     let meta = TrainMeta {
