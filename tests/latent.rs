@@ -292,9 +292,8 @@ fn whole_stores(dir: &Path) -> Vec<PathBuf> {
 fn a_start_that_will_be_refused_is_refused_before_any_encoding() {
     let dir = setup();
     let d = dir.path();
-    write_tiny_config(d, "two.json", &[LATENT, r#"{"model": {"label_num": 2}}"#]);
-    let two = ["--config", "two.json"];
-    train(d, "w.safetensors", &[&two[..], &["--max-steps", "1"]].concat());
+    write_tiny_config(d, "latent.json", &[LATENT, r#"{"model": {"label_num": 2}}"#]);
+    train(d, "w.safetensors", &["--max-steps", "1"]);
     std::fs::remove_dir_all(d.join("latents")).unwrap();
     let before = std::fs::read(d.join("w.safetensors.state.safetensors")).unwrap();
     // The images now in two class folders: the saved run had one class.
@@ -304,16 +303,16 @@ fn a_start_that_will_be_refused_is_refused_before_any_encoding() {
         let class = if i < 4 { "a" } else { "b" };
         std::fs::rename(d.join(format!("imgs/{i}.png")), d.join(format!("imgs/{class}/{i}.png"))).unwrap();
     }
-    let out = train_bin(d, "w.safetensors", &[&two[..], &["--max-steps", "2"]].concat());
+    let out = train_bin(d, "w.safetensors", &["--max-steps", "2"]);
     let err = refusal(&out);
     assert!(err.contains("class"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("latents: encoding"));
     assert_eq!(whole_stores(&d.join("latents")), Vec::<PathBuf>::new());
     assert_eq!(std::fs::read(d.join("w.safetensors.state.safetensors")).unwrap(), before);
     // A quality probe of too few images, on a fresh run.
-    let probe = r#"{"train": {"eval": {"every_epochs": 1, "num": 1}}}"#;
-    write_tiny_config(d, "probe.json", &[LATENT, probe]);
-    let out = train_bin(d, "fresh.safetensors", &["--config", "probe.json", "--max-steps", "1"]);
+    let probe = r#"{"model": {"label_num": 2}, "train": {"eval": {"every_epochs": 1, "num": 1}}}"#;
+    write_tiny_config(d, "latent.json", &[LATENT, probe]);
+    let out = train_bin(d, "fresh.safetensors", &["--max-steps", "1"]);
     assert!(refusal(&out).contains("train.eval.num"));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("latents: encoding"));
     assert_eq!(whole_stores(&d.join("latents")), Vec::<PathBuf>::new());
