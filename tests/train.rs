@@ -632,10 +632,11 @@ fn train_until_first_save(
     let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
     assert!(!out.status.success() && err.contains("state.safetensors"), "{err}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    (stdout.lines().filter(|l| l.starts_with("epoch ")).map(str::to_string).collect(), err)
+    let epoch_line = |l: &&str| l.starts_with("epoch ") && l.contains(": mean loss");
+    (stdout.lines().filter(epoch_line).map(str::to_string).collect(), err)
 }
 
-/// "epoch 3/100" of each epoch line.
+/// "epoch 3/100" of each epoch line ("epoch 3/100: mean loss …").
 fn epochs_done(lines: &[String]) -> Vec<String> {
     lines.iter().map(|l| l.split(':').next().unwrap().to_string()).collect()
 }
@@ -697,7 +698,10 @@ fn ctrl_c_between_saves_saves_the_step_it_stopped_at() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines().map(Result::unwrap);
-    lines.by_ref().find(|l| l.starts_with("epoch 3/")).expect("the run ended before its third epoch");
+    lines
+        .by_ref()
+        .find(|l| l.starts_with("epoch 3/") && l.contains(": mean loss"))
+        .expect("the run ended before its third epoch");
     let state = d.join("w.ot.state.safetensors");
     assert!(!state.exists(), "saved before its 1000th epoch");
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
@@ -761,20 +765,20 @@ fn a_safetensors_weight_file_alone_samples_what_its_state_samples_with_no_ema() 
         }
     }
     // DDPM takes all max_t steps, so the schedule, the target and the label name all matter.
-    let sample = |cwd: &Path, checkpoint: &str, extra: &[&str]| {
+    let sample = |cwd: &Path, checkpoint: &str, out: &str, extra: &[&str]| {
         let base =
             ["--checkpoint", checkpoint, "--device", "cpu", "--num", "3", "--seed", "7", "--label", "snow"];
-        run_bin(env!("CARGO_BIN_EXE_sample"), cwd, &[&base[..], &["--out", "grid.png"], extra].concat())
+        run_bin(env!("CARGO_BIN_EXE_sample"), cwd, &[&base[..], &["--out", out], extra].concat())
     };
     let ok = |out: Output| {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let state = ok(sample(d, "w.safetensors.state.safetensors", &["--no-ema"]));
+    let state = ok(sample(d, "w.safetensors.state.safetensors", "grid.png", &["--no-ema"]));
     assert!(state.contains("raw weights of step 3") && state.contains("predicting x0"), "{state}");
     let grid = std::fs::read(d.join("grid.png")).unwrap();
     for folder in ["alone", "misled"] {
-        let alone = ok(sample(&d.join(folder), "w.safetensors", &[]));
+        let alone = ok(sample(&d.join(folder), "w.safetensors", "grid.png", &[]));
         assert!(alone.contains("predicting x0") && alone.contains("label 1 (snow)"), "{alone}");
         assert!(alone.contains("ddpm (60 steps)"), "{alone}");
         assert_eq!(std::fs::read(d.join(folder).join("grid.png")).unwrap(), grid, "{folder}: other images");
@@ -782,15 +786,15 @@ fn a_safetensors_weight_file_alone_samples_what_its_state_samples_with_no_ema() 
     // The recorded target fixes what the output means: another --prediction is refused in one
     // line naming both; the same one is accepted.
     let alone = d.join("alone");
-    let refused = sample(&alone, "w.safetensors", &["--prediction", "epsilon", "--out", "no.png"]);
+    let refused = sample(&alone, "w.safetensors", "no.png", &["--prediction", "epsilon"]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.trim_end().lines().count() == 1, "{err}");
     assert!(err.contains("--prediction epsilon") && err.contains("trained to predict x0"), "{err}");
     assert!(err.contains("w.safetensors") && !alone.join("no.png").exists(), "{err}");
-    ok(sample(&alone, "w.safetensors", &["--prediction", "x0"]));
+    ok(sample(&alone, "w.safetensors", "x0.png", &["--prediction", "x0"]));
     // A named --config decides the sections, as it does for a training state.
     std::fs::write(alone.join("eps.json"), tiny_config(&[r#"{"model": {"label_num": 2}}"#])).unwrap();
-    let named = ok(sample(&alone, "w.safetensors", &["--config", "eps.json", "--out", "eps.png"]));
+    let named = ok(sample(&alone, "w.safetensors", "eps.png", &["--config", "eps.json"]));
     assert!(named.contains("ddpm (100 steps)") && named.contains("predicting epsilon"), "{named}");
 }
 
