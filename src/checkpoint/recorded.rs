@@ -117,6 +117,7 @@ mod tests {
         Config::from_json(
             r#"{"model": {"img_size": 8, "patch_size": 4, "label_num": 2},
                 "diffusion": {"max_t": 40, "beta_end": 0.03, "prediction": "x0"},
+                "train": {"preview": {"steps": 10}},
                 "runtime": {"attention": "naive"}}"#,
         )
         .unwrap()
