@@ -616,24 +616,22 @@ fn pandas_config(d: &Path, name: &str, overrides: &[&str]) -> std::path::PathBuf
 }
 
 /// Trains `config` into `checkpoint` with `extra` flags, where a folder sits in the way of the
-/// state file's temporary name, so the run's first save fails and ends it: returns the epoch
-/// lines printed before, and the error.
-fn train_until_first_save(
-    d: &Path,
-    config: &Path,
-    checkpoint: &str,
-    extra: &[&str],
-) -> (Vec<String>, String) {
+/// weight file, so the run's first save writes the state file and then fails, ending the run:
+/// returns the epoch lines printed before, and the epoch the state file records.
+fn train_until_first_save(d: &Path, config: &Path, checkpoint: &str, extra: &[&str]) -> (Vec<String>, i64) {
     let path = d.join(checkpoint);
-    let name = format!(".tmp-{}.state.safetensors", path.file_name().unwrap().to_str().unwrap());
-    std::fs::create_dir_all(path.parent().unwrap().join(name)).unwrap();
+    if path.is_file() {
+        std::fs::remove_file(&path).unwrap();
+    }
+    std::fs::create_dir_all(path.join("in the way")).unwrap();
     let base = ["--config", p(config), "--device", "cpu", "--checkpoint", checkpoint, "--logdir", "logs"];
     let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &[&base[..], extra].concat());
     let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert!(!out.status.success() && err.contains("state.safetensors"), "{err}");
+    assert!(!out.status.success() && err.lines().count() == 1 && err.contains(checkpoint), "{err}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let epoch_line = |l: &&str| l.starts_with("epoch ") && l.contains(": mean loss");
-    (stdout.lines().filter(epoch_line).map(str::to_string).collect(), err)
+    let state = dit::checkpoint::state::load(&dit::checkpoint::state::state_path(&path)).unwrap();
+    (stdout.lines().filter(epoch_line).map(str::to_string).collect(), state.meta.epoch)
 }
 
 /// "epoch 3/100" of each epoch line ("epoch 3/100: mean loss …").
@@ -647,23 +645,19 @@ fn save_every_counts_the_runs_epochs_and_the_last_epoch_always_saves() {
     let d = dir.path();
     let cfg = pandas_config(d, "tiny.json", &[r#"{"train": {"epoch": 7, "save_every": 3}}"#]);
     // The first save of a fresh run comes after epoch 3: epochs 1 and 2 saved nothing.
-    let (lines, _) = train_until_first_save(d, &cfg, "first/w.safetensors", &["--epochs", "100"]);
+    let (lines, saved) = train_until_first_save(d, &cfg, "first/w.safetensors", &["--epochs", "100"]);
     assert_eq!(epochs_done(&lines), ["epoch 1/100", "epoch 2/100", "epoch 3/100"]);
+    assert_eq!(saved, 3);
     // Seven epochs: saved after 3 and 6, and after 7, the last, though 3 does not divide it.
-    run_ok(
-        env!("CARGO_BIN_EXE_train"),
-        d,
-        &["--config", p(&cfg), "--device", "cpu", "--checkpoint", "w.safetensors"],
-    );
-    let state = d.join("w.safetensors.state.safetensors");
-    let st = dit::checkpoint::state::load(&state).unwrap();
+    let args = ["--config", p(&cfg), "--device", "cpu", "--checkpoint", "w.safetensors"];
+    run_ok(env!("CARGO_BIN_EXE_train"), d, &args);
+    let st = dit::checkpoint::state::load(&d.join("w.safetensors.state.safetensors")).unwrap();
     assert_eq!((st.meta.epoch, st.meta.step, st.meta.batch_in_epoch), (7, 14, 0));
     // Resumed for more epochs, the count goes on from the run's first epoch: 8 does not save,
     // 9 does (a count from the resume would save after 10).
-    let before = std::fs::read(&state).unwrap();
-    let (lines, _) = train_until_first_save(d, &cfg, "w.safetensors", &["--epochs", "100"]);
+    let (lines, saved) = train_until_first_save(d, &cfg, "w.safetensors", &["--epochs", "100"]);
     assert_eq!(epochs_done(&lines), ["epoch 8/100", "epoch 9/100"]);
-    assert_eq!(std::fs::read(&state).unwrap(), before, "the failed save left the state as it was");
+    assert_eq!(saved, 9);
 }
 
 #[test]
@@ -673,16 +667,17 @@ fn save_every_minutes_alone_saves_by_time_never_by_the_epoch_count() {
     let cfg = pandas_config(d, "tiny.json", &[r#"{"train": {"epoch": 4}}"#]);
     // An hour never passes here: only the last epoch saves.
     let hour = ["--save-every-minutes", "60"];
-    let (lines, _) = train_until_first_save(d, &cfg, "hour/w.safetensors", &hour);
+    let (lines, saved) = train_until_first_save(d, &cfg, "hour/w.safetensors", &hour);
     assert_eq!(epochs_done(&lines), ["epoch 1/4", "epoch 2/4", "epoch 3/4", "epoch 4/4"]);
+    assert_eq!(saved, 4);
     // A microsecond has passed by the end of the first epoch.
     let tiny = ["--save-every-minutes", "0.00000001"];
-    let (lines, _) = train_until_first_save(d, &cfg, "often/w.safetensors", &tiny);
-    assert_eq!(epochs_done(&lines), ["epoch 1/4"]);
+    let (lines, saved) = train_until_first_save(d, &cfg, "often/w.safetensors", &tiny);
+    assert_eq!((epochs_done(&lines), saved), (vec!["epoch 1/4".to_string()], 1));
     // Either setting triggers when both are set.
     let both = [&tiny[..], &["--save-every", "3"]].concat();
-    let (lines, _) = train_until_first_save(d, &cfg, "both/w.safetensors", &both);
-    assert_eq!(epochs_done(&lines), ["epoch 1/4"]);
+    let (lines, saved) = train_until_first_save(d, &cfg, "both/w.safetensors", &both);
+    assert_eq!((epochs_done(&lines), saved), (vec!["epoch 1/4".to_string()], 1));
 }
 
 #[test]
