@@ -129,6 +129,14 @@ pub struct TrainOverrides {
     /// Weights file; the extension picks .ot, .safetensors or .pth (train.model_save_path)
     #[arg(long)]
     pub checkpoint: Option<String>,
+    /// Save every N epochs [default: every epoch, unless --save-every-minutes is given]; stops
+    /// and the last epoch always save (train.save_every)
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<i64>,
+    /// Save at the end of the first epoch that ends M minutes or more after the last save
+    /// (train.save_every_minutes)
+    #[arg(long, value_name = "M")]
+    pub save_every_minutes: Option<f64>,
     /// TensorBoard log folder (train.logdir)
     #[arg(long)]
     pub logdir: Option<String>,
@@ -191,6 +199,8 @@ impl TrainOverrides {
         set(&mut t.schedule_steps, &self.schedule_steps.map(Some));
         set(&mut t.seed, &self.seed.map(Some));
         set(&mut t.model_save_path, &self.checkpoint);
+        set(&mut t.save_every, &self.save_every.map(Some));
+        set(&mut t.save_every_minutes, &self.save_every_minutes.map(Some));
         set(&mut t.logdir, &self.logdir);
         set(&mut t.num_workers, &self.num_workers);
         set(&mut t.preview.every_epochs, &self.preview_every);

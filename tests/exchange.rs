@@ -80,6 +80,16 @@ fn rust_weights_load_in_pytorch_strictly_from_every_format() {
         let err = max_abs_diff(&got, &expected);
         assert!(err <= 1e-5, ".{ext}: max abs error {err:e}");
     }
+    // What `train` writes: a .safetensors file whose header also records the run
+    // (`dit_model`, `dit_diffusion`, …), which safetensors.torch.load_file ignores.
+    let file = d.join("recorded.safetensors");
+    let run = Config { model: m.clone(), ..Config::default() };
+    let metadata =
+        dit::checkpoint::Recorded::of_run(&run, &["panda".to_string()], None).to_metadata().unwrap();
+    assert!(metadata.contains_key(dit::checkpoint::DIFFUSION_KEY));
+    dit::checkpoint::write_tensors_with(&file, &dit::checkpoint::named_variables(&vs), metadata).unwrap();
+    let err = max_abs_diff(&python_output(d, &cfg, &file), &expected);
+    assert!(err <= 1e-5, "with metadata: max abs error {err:e}");
 }
 
 #[test]

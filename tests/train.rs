@@ -606,3 +606,207 @@ fn the_prediction_target_is_recorded_used_by_sample_and_fixed_on_resume() {
         "{err}"
     );
 }
+
+/// The tiny config on `imgs/` below `d` (`panda_folder`: 16 images, epochs of 2 steps), with
+/// `overrides`; returns the config's path.
+fn pandas_config(d: &Path, name: &str, overrides: &[&str]) -> std::path::PathBuf {
+    let imgs = panda_folder(d);
+    let data = format!(r#"{{"train": {{"data_path": {:?}}}}}"#, p(&imgs));
+    write_tiny_config(d, name, &[&[data.as_str()][..], overrides].concat())
+}
+
+/// Trains `config` into `checkpoint` with `extra` flags, where a folder sits in the way of the
+/// weight file, so the run's first save writes the state file and then fails, ending the run:
+/// returns the epoch lines printed before, and the epoch the state file records.
+fn train_until_first_save(d: &Path, config: &Path, checkpoint: &str, extra: &[&str]) -> (Vec<String>, i64) {
+    let path = d.join(checkpoint);
+    if path.is_file() {
+        std::fs::remove_file(&path).unwrap();
+    }
+    std::fs::create_dir_all(path.join("in the way")).unwrap();
+    let base = ["--config", p(config), "--device", "cpu", "--checkpoint", checkpoint, "--logdir", "logs"];
+    let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &[&base[..], extra].concat());
+    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert!(!out.status.success() && err.lines().count() == 1 && err.contains(checkpoint), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let epoch_line = |l: &&str| l.starts_with("epoch ") && l.contains(": mean loss");
+    let state = dit::checkpoint::state::load(&dit::checkpoint::state::state_path(&path)).unwrap();
+    (stdout.lines().filter(epoch_line).map(str::to_string).collect(), state.meta.epoch)
+}
+
+/// "epoch 3/100" of each epoch line ("epoch 3/100: mean loss …").
+fn epochs_done(lines: &[String]) -> Vec<String> {
+    lines.iter().map(|l| l.split(':').next().unwrap().to_string()).collect()
+}
+
+#[test]
+fn save_every_counts_the_runs_epochs_and_the_last_epoch_always_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = pandas_config(d, "tiny.json", &[r#"{"train": {"epoch": 7, "save_every": 3}}"#]);
+    // The first save of a fresh run comes after epoch 3: epochs 1 and 2 saved nothing.
+    let (lines, saved) = train_until_first_save(d, &cfg, "first/w.safetensors", &["--epochs", "100"]);
+    assert_eq!(epochs_done(&lines), ["epoch 1/100", "epoch 2/100", "epoch 3/100"]);
+    assert_eq!(saved, 3);
+    // Seven epochs: saved after 3 and 6, and after 7, the last, though 3 does not divide it.
+    let args = ["--config", p(&cfg), "--device", "cpu", "--checkpoint", "w.safetensors"];
+    run_ok(env!("CARGO_BIN_EXE_train"), d, &args);
+    let st = dit::checkpoint::state::load(&d.join("w.safetensors.state.safetensors")).unwrap();
+    assert_eq!((st.meta.epoch, st.meta.step, st.meta.batch_in_epoch), (7, 14, 0));
+    // Resumed for more epochs, the count goes on from the run's first epoch: 8 does not save,
+    // 9 does (a count from the resume would save after 10).
+    let (lines, saved) = train_until_first_save(d, &cfg, "w.safetensors", &["--epochs", "100"]);
+    assert_eq!(epochs_done(&lines), ["epoch 8/100", "epoch 9/100"]);
+    assert_eq!(saved, 9);
+}
+
+#[test]
+fn save_every_minutes_alone_saves_by_time_never_by_the_epoch_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = pandas_config(d, "tiny.json", &[r#"{"train": {"epoch": 4}}"#]);
+    // An hour never passes here: only the last epoch saves.
+    let hour = ["--save-every-minutes", "60"];
+    let (lines, saved) = train_until_first_save(d, &cfg, "hour/w.safetensors", &hour);
+    assert_eq!(epochs_done(&lines), ["epoch 1/4", "epoch 2/4", "epoch 3/4", "epoch 4/4"]);
+    assert_eq!(saved, 4);
+    // A microsecond has passed by the end of the first epoch.
+    let tiny = ["--save-every-minutes", "0.00000001"];
+    let (lines, saved) = train_until_first_save(d, &cfg, "often/w.safetensors", &tiny);
+    assert_eq!((epochs_done(&lines), saved), (vec!["epoch 1/4".to_string()], 1));
+    // Either setting triggers when both are set.
+    let both = [&tiny[..], &["--save-every", "3"]].concat();
+    let (lines, saved) = train_until_first_save(d, &cfg, "both/w.safetensors", &both);
+    assert_eq!((epochs_done(&lines), saved), (vec!["epoch 1/4".to_string()], 1));
+}
+
+#[test]
+fn ctrl_c_between_saves_saves_the_step_it_stopped_at() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = pandas_config(d, "tiny.json", &[r#"{"train": {"epoch": 100000, "save_every": 1000}}"#]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(["--config", p(&cfg), "--device", "cpu", "--checkpoint", "w.ot", "--logdir", "logs"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines().map(Result::unwrap);
+    lines
+        .by_ref()
+        .find(|l| l.starts_with("epoch 3/") && l.contains(": mean loss"))
+        .expect("the run ended before its third epoch");
+    let state = d.join("w.ot.state.safetensors");
+    assert!(!state.exists(), "saved before its 1000th epoch");
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let rest: Vec<String> = lines.collect();
+    assert!(child.wait().unwrap().success());
+    let last = rest.iter().find(|l| l.starts_with("interrupted at step ")).expect("no interruption line");
+    let step: i64 = last["interrupted at step ".len()..].split(':').next().unwrap().parse().unwrap();
+    let st = dit::checkpoint::state::load(&state).unwrap();
+    assert!(step >= 6 && st.meta.epoch >= 3, "{last}");
+    assert_eq!(st.meta.step, step, "{last}");
+    assert!(d.join("w.ot").is_file());
+}
+
+#[test]
+fn bad_save_intervals_are_one_line_errors_naming_field_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = [
+        (r#"{"train": {"save_every": 0}}"#, "train.save_every", "got 0"),
+        (r#"{"train": {"save_every_minutes": -2.5}}"#, "train.save_every_minutes", "got -2.5"),
+        (r#"{"train": {"save_every_minutes": "5"}}"#, "train.save_every_minutes", "\"5\""),
+    ];
+    for (json, field, value) in cases {
+        std::fs::write(d.join("bad.json"), json).unwrap();
+        let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &["--config", "bad.json", "--device", "cpu"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{json}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(field) && err.contains(value), "{json}: {err}");
+    }
+    let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &["--save-every-minutes", "0", "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim_end().lines().count() == 1 && err.contains("train.save_every_minutes"), "{err}");
+    assert!(!d.join("checkpoints").exists());
+}
+
+#[test]
+fn a_safetensors_weight_file_alone_samples_what_its_state_samples_with_no_ema() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    class_folder(d, "bamboo", 0, 8);
+    class_folder(d, "snow", 8, 8);
+    let run = r#"{"model": {"label_num": 2}, "diffusion": {"max_t": 60, "beta_end": 0.03},
+                  "train": {"data_path": "imgs", "ema_decay": 0.9}}"#;
+    write_tiny_config(d, "run.json", &[run]);
+    let train_args = ["--config", "run.json", "--device", "cpu", "--checkpoint", "w.safetensors"];
+    run_ok(
+        env!("CARGO_BIN_EXE_train"),
+        d,
+        &[&train_args[..], &["--prediction", "x0", "--max-steps", "3"]].concat(),
+    );
+    let meta = dit::checkpoint::read_metadata(&d.join("w.safetensors")).unwrap();
+    assert_eq!(meta[dit::checkpoint::CLASSES_KEY], r#"["bamboo","snow"]"#);
+    // The file alone, in a folder with no config.json, and beside a config.json that says
+    // otherwise (only a named --config overrides what the file records).
+    for (folder, config) in [("alone", None), ("misled", Some(r#"{"diffusion": {"max_t": 1000}}"#))] {
+        std::fs::create_dir(d.join(folder)).unwrap();
+        std::fs::copy(d.join("w.safetensors"), d.join(folder).join("w.safetensors")).unwrap();
+        if let Some(text) = config {
+            std::fs::write(d.join(folder).join("config.json"), text).unwrap();
+        }
+    }
+    // DDPM takes all max_t steps, so the schedule, the target and the label name all matter.
+    let sample = |cwd: &Path, checkpoint: &str, out: &str, extra: &[&str]| {
+        let base =
+            ["--checkpoint", checkpoint, "--device", "cpu", "--num", "3", "--seed", "7", "--label", "snow"];
+        run_bin(env!("CARGO_BIN_EXE_sample"), cwd, &[&base[..], &["--out", out], extra].concat())
+    };
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let state = ok(sample(d, "w.safetensors.state.safetensors", "grid.png", &["--no-ema"]));
+    assert!(state.contains("raw weights of step 3") && state.contains("predicting x0"), "{state}");
+    let grid = std::fs::read(d.join("grid.png")).unwrap();
+    for folder in ["alone", "misled"] {
+        let alone = ok(sample(&d.join(folder), "w.safetensors", "grid.png", &[]));
+        assert!(alone.contains("predicting x0") && alone.contains("label 1 (snow)"), "{alone}");
+        assert!(alone.contains("ddpm (60 steps)"), "{alone}");
+        assert_eq!(std::fs::read(d.join(folder).join("grid.png")).unwrap(), grid, "{folder}: other images");
+    }
+    // The recorded target fixes what the output means: another --prediction is refused in one
+    // line naming both; the same one is accepted.
+    let alone = d.join("alone");
+    let refused = sample(&alone, "w.safetensors", "no.png", &["--prediction", "epsilon"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.trim_end().lines().count() == 1, "{err}");
+    assert!(err.contains("--prediction epsilon") && err.contains("trained to predict x0"), "{err}");
+    assert!(err.contains("w.safetensors") && !alone.join("no.png").exists(), "{err}");
+    ok(sample(&alone, "w.safetensors", "x0.png", &["--prediction", "x0"]));
+    // A named --config decides the sections, as it does for a training state.
+    std::fs::write(alone.join("eps.json"), tiny_config(&[r#"{"model": {"label_num": 2}}"#])).unwrap();
+    let named = ok(sample(&alone, "w.safetensors", "eps.png", &["--config", "eps.json"]));
+    assert!(named.contains("ddpm (100 steps)") && named.contains("predicting epsilon"), "{named}");
+}
+
+#[test]
+fn malformed_recorded_metadata_is_one_line_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+    let metadata = std::collections::HashMap::from([(
+        dit::checkpoint::DIFFUSION_KEY.to_string(),
+        r#"{"max_t": 60, "prediction": "x1"}"#.to_string(),
+    )]);
+    dit::checkpoint::write_tensors_with(&d.join("bad.safetensors"), &[("w".to_string(), t)], metadata)
+        .unwrap();
+    let out =
+        run_bin(env!("CARGO_BIN_EXE_sample"), d, &["--checkpoint", "bad.safetensors", "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim_end().lines().count() == 1, "{err}");
+    assert!(err.contains("bad.safetensors") && err.contains("dit_diffusion"), "{err}");
+}

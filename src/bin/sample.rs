@@ -25,16 +25,17 @@ struct Args {
     /// Use the raw weights even when the training state holds EMA weights.
     #[arg(long)]
     no_ema: bool,
-    /// Model and diffusion configuration [default: the training state's, else ./config.json,
-    /// else the original's]
+    /// Model and diffusion configuration [default: the training state's, else the sections a
+    /// .safetensors weight file from train records, else ./config.json, else the original's]
     #[arg(long)]
     config: Option<PathBuf>,
     /// ddpm: the original's sampler, all max_t steps; ddim and dpmpp_2m (DPM-Solver++ 2M):
     /// the same model in fewer steps.
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
     sampler: SamplerKind,
-    /// What the model predicts [default: the training state's; for a weight file alone, the
-    /// config's, whose default is the original's epsilon]
+    /// What the model predicts [default: the training state's, or the one a .safetensors
+    /// weight file records; for a .ot or .pth file alone, the config's, whose default is the
+    /// original's epsilon]
     #[arg(long, value_enum)]
     prediction: Option<Prediction>,
     /// Denoising steps [default: max_t for ddpm, 50 for ddim, 20 for dpmpp_2m]

@@ -1,15 +1,16 @@
 //! Loading a model to sample from: from a weight file of any format or from a training state,
-//! with the config and class names the state records ([`load_for_inference`]), and the sample
-//! command's `--label` resolved against those class names ([`Loaded::resolve_label`]).
+//! with the config and class names the state (or a `.safetensors` weight file) records
+//! ([`load_for_inference`]), and the sample command's `--label` resolved against those class
+//! names ([`Loaded::resolve_label`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, ensure, Result};
+use anyhow::{bail, ensure, Result};
 use tch::{nn::VarStore, Device};
 
 use super::keys::{check_keys, copy_into, shapes};
 use super::state::{self, LatentMeta, TrainState};
-use super::{load_weights, read_metadata, read_tensors, LATENT_KEY, MODEL_KEY};
+use super::{load_weights, read_tensors, Recorded};
 use crate::config::Prediction;
 use crate::{Config, Dit};
 
@@ -22,9 +23,9 @@ pub struct Loaded {
     pub classes: Vec<String>,
     /// One line for the user, e.g. "EMA weights of step 4000 from checkpoints/x.ot.state.safetensors".
     pub description: String,
-    /// The training state the model came with and the target it records having trained, if
-    /// any: that is what the weights mean, so another `--prediction` is refused
-    /// ([`Loaded::set_prediction`]).
+    /// The file that records the target the model trained (its training state, or a
+    /// `.safetensors` weight file's metadata) and that target, if any: that is what the
+    /// weights mean, so another `--prediction` is refused ([`Loaded::set_prediction`]).
     pub trained_prediction: Option<(PathBuf, Prediction)>,
     /// For a latent-space model: its autoencoder and normalisation (from the training state,
     /// or from a `.safetensors` weight file's metadata).
@@ -32,17 +33,18 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// `--prediction`: what the model's output means. For a weight file alone it sets the
-    /// target; a training state records the target it trained, so another one there is an
-    /// error naming both (the same one is accepted).
+    /// `--prediction`: what the model's output means. For a weight file that records no
+    /// target (`.ot`, `.pth`, files `train` did not write) it sets the target; a training
+    /// state or a `.safetensors` file from `train` records the target it trained, so another
+    /// one there is an error naming both (the same one is accepted).
     pub fn set_prediction(&mut self, asked: Prediction) -> Result<()> {
-        if let Some((state, recorded)) = &self.trained_prediction {
+        if let Some((origin, recorded)) = &self.trained_prediction {
             ensure!(
                 asked == *recorded,
                 "--prediction {}: {} records that this model was trained to predict {}; \
-                 leave --prediction out (it is for weight files without a training state)",
+                 leave --prediction out (it is for weight files that record no target)",
                 asked.name(),
-                state.display(),
+                origin.display(),
                 recorded.name()
             );
         }
@@ -81,8 +83,8 @@ impl Loaded {
 
 /// Loads a model for inference from a weight file (`.ot`, `.safetensors`, `.pth`) or a
 /// training-state file. When a training state sits beside the weight file (or is named), its
-/// config is used and, with `ema`, its EMA weights; otherwise the config comes from `config`
-/// (or `./config.json`, or the original's defaults).
+/// config is used and, with `ema`, its EMA weights; otherwise what a `.safetensors` weight
+/// file records, and for the rest `config` (or `./config.json`, or the original's defaults).
 pub fn load_for_inference(path: &Path, config: Option<&Path>, ema: bool, device: Device) -> Result<Loaded> {
     let is_state = path.to_string_lossy().ends_with(".state.safetensors");
     let state_file = if is_state {
@@ -99,34 +101,39 @@ pub fn load_for_inference(path: &Path, config: Option<&Path>, ema: bool, device:
     }
 }
 
-/// A weight file with no training state: the config from `config`, `./config.json` or the
-/// original's defaults.
+/// A weight file with no training state. The sections it records ([`Recorded`]: a
+/// `.safetensors` file `train` wrote) are used unless `config` names a config file; the rest
+/// comes from `config`, `./config.json` or the original's defaults. Its class names and
+/// latent space are its own, and a recorded prediction target fixes what the output means.
 fn from_weights(path: &Path, config_file: Option<&Path>, device: Device) -> Result<Loaded> {
     let mut config = Config::resolve(config_file)?;
-    let metadata = read_metadata(path)?;
-    let recorded = |key: &str| -> Result<Option<serde_json::Value>> {
-        metadata
-            .get(key)
-            .map(|text| serde_json::from_str(text))
-            .transpose()
-            .map_err(|e| anyhow!("{}: metadata {key} is not readable ({e})", path.display()))
-    };
-    // A weight file written by `train` in latent space records its model section: it is the
-    // model's shape, so it is used unless a config is named.
-    if let (None, Some(model)) = (config_file, recorded(MODEL_KEY)?) {
-        config.model = serde_json::from_value(model)
-            .map_err(|e| anyhow!("{}: metadata {MODEL_KEY}: {e}", path.display()))?;
+    let recorded = Recorded::read(path)?;
+    let mut used = vec![];
+    if config_file.is_none() {
+        if let Some(model) = &recorded.model {
+            config.model = model.clone();
+            used.push("model");
+        }
+        if let Some(diffusion) = &recorded.diffusion {
+            config.diffusion = diffusion.clone();
+            used.push("diffusion");
+        }
+        if let Some(runtime) = recorded.runtime {
+            config.runtime = runtime;
+            used.push("runtime");
+        }
     }
-    let latent: Option<LatentMeta> = recorded(LATENT_KEY)?
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| anyhow!("{}: metadata {LATENT_KEY}: {e}", path.display()))?;
-    check_latent(path, &config, latent.as_ref())?;
+    check_latent(path, &config, recorded.latent.as_ref())?;
     let mut vs = VarStore::new(device);
     let model = Dit::new(&vs.root(), &config.model);
     load_weights(&mut vs, path)?;
-    let description = format!("weights from {}", path.display());
-    Ok(Loaded { config, vs, model, classes: vec![], description, trained_prediction: None, latent })
+    let description = match used.is_empty() {
+        true => format!("weights from {}", path.display()),
+        false => format!("weights from {} (with the {} it records)", path.display(), used.join(", ")),
+    };
+    let trained_prediction = recorded.diffusion.as_ref().map(|d| (path.to_path_buf(), d.prediction));
+    let classes = recorded.classes.unwrap_or_default();
+    Ok(Loaded { config, vs, model, classes, description, trained_prediction, latent: recorded.latent })
 }
 
 /// `path` (a weight file, or the state file itself) with its training state `state_file`: the

@@ -1,6 +1,7 @@
 //! Checkpoints: weight files in the three formats users exchange with PyTorch (`format.rs`),
 //! checked key by key and shape by shape against the model (`keys.rs`), the full training state
-//! beside them ([`state`]), and models loaded for sampling (`inference.rs`). Every file is
+//! beside them ([`state`]), what a `.safetensors` weight file records about its run
+//! ([`Recorded`]), and models loaded for sampling (`inference.rs`). Every file is
 //! written atomically (temporary file, fsync, rename: [`crate::fs::write_atomic`]).
 
 use std::path::Path;
@@ -12,16 +13,13 @@ mod format;
 mod inference;
 mod keys;
 mod pth;
+mod recorded;
 pub mod state;
 
 pub use format::{read_metadata, read_tensors, write_tensors, write_tensors_with, Format};
 pub use inference::{load_for_inference, Loaded};
 pub use keys::{check_keys, copy_into, expected_shapes, named_variables, shapes, Shapes};
-
-/// Metadata key of a `.safetensors` weight file holding its [`state::LatentMeta`] (JSON).
-pub const LATENT_KEY: &str = "dit_latent";
-/// Metadata key of a `.safetensors` weight file holding its model section (JSON).
-pub const MODEL_KEY: &str = "dit_model";
+pub use recorded::{Recorded, CLASSES_KEY, DIFFUSION_KEY, LATENT_KEY, MODEL_KEY, RUNTIME_KEY};
 
 /// Loads a weight file of any format into `vs`, after checking every key and shape.
 pub fn load_weights(vs: &mut VarStore, path: &Path) -> Result<()> {

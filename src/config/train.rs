@@ -28,9 +28,17 @@ pub struct TrainConfig {
     /// torchvision's `ImageFolder`) or `none` (every image below `data_path`, at any depth, is
     /// label 0: FFHQ, LSUN, sharded sets).
     pub classes: ClassLayout,
-    /// Where the weights are saved each epoch; the extension picks the format
-    /// (`.ot`, `.safetensors` or `.pth`).
+    /// Where the weights are saved (when [`TrainConfig::save_due`] says, and whenever the run
+    /// stops); the extension picks the format (`.ot`, `.safetensors` or `.pth`).
     pub model_save_path: String,
+    /// Save after every this many epochs (counted from the run's first epoch, so epochs
+    /// `save_every`, 2 × `save_every`, …). Null: see `save_every_minutes`; when both are null,
+    /// every epoch, as the original. A schedule setting like `lr`: it may change on resume.
+    pub save_every: Option<i64>,
+    /// Save at the end of the first epoch that ends at least this many minutes after the last
+    /// save (or after the process started training, for its first). Null (the default): off.
+    /// Set alone, epochs never trigger a save by their count.
+    pub save_every_minutes: Option<f64>,
     /// TensorBoard log folder.
     pub logdir: String,
     /// Seed of every random draw (data order, steps t, noise); null picks one and records it.
@@ -229,6 +237,8 @@ impl Default for TrainConfig {
             data_path: "data/Pandas".into(),
             classes: ClassLayout::Folders,
             model_save_path: "checkpoints/dit_train.ot".into(),
+            save_every: None,
+            save_every_minutes: None,
             logdir: "dit_training".into(),
             seed: None,
             grad_clip: 1.0,
@@ -258,6 +268,18 @@ impl TrainConfig {
         self.batch_size * self.grad_accum_steps
     }
 
+    /// Whether the end of an epoch saves, with `epochs_done` epochs of the run finished and
+    /// `since_save` passed since the last save (or since training started, before the first):
+    /// when `save_every` divides `epochs_done`, or when `save_every_minutes` have passed; every
+    /// epoch when neither is set. Stops (signals, `--max-steps`) and the last epoch save
+    /// whatever this says.
+    pub fn save_due(&self, epochs_done: i64, since_save: std::time::Duration) -> bool {
+        let by_count = self.save_every.is_some_and(|n| epochs_done % n == 0);
+        let by_time = self.save_every_minutes.is_some_and(|m| since_save.as_secs_f64() >= m * 60.0);
+        let neither = self.save_every.is_none() && self.save_every_minutes.is_none();
+        neither || by_count || by_time
+    }
+
     pub fn validate(&self) -> Result<()> {
         ensure!(self.epoch > 0, "train.epoch must be a positive integer, got {}", self.epoch);
         ensure!(self.batch_size > 0, "train.batch_size must be a positive integer, got {}", self.batch_size);
@@ -275,6 +297,15 @@ impl TrainConfig {
         ensure!(!self.data_path.is_empty(), "train.data_path must not be empty");
         ensure!(!self.model_save_path.is_empty(), "train.model_save_path must not be empty");
         ensure!(!self.logdir.is_empty(), "train.logdir must not be empty");
+        if let Some(n) = self.save_every {
+            ensure!(n >= 1, "train.save_every must be a positive number of epochs or null, got {n}");
+        }
+        if let Some(m) = self.save_every_minutes {
+            ensure!(
+                m > 0.0 && m.is_finite(),
+                "train.save_every_minutes must be a positive number of minutes or null, got {m}"
+            );
+        }
         ensure!(
             self.grad_clip >= 0.0 && self.grad_clip.is_finite(),
             "train.grad_clip must be 0 (off) or positive, got {}",
@@ -325,5 +356,71 @@ impl TrainConfig {
         );
         // Its lower bound belongs to the metric; `train` checks it before training starts.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn train(json: &str) -> TrainConfig {
+        crate::Config::from_json(&format!(r#"{{"train": {json}}}"#)).unwrap().train
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn without_either_setting_every_epoch_saves_as_the_original() {
+        let t = TrainConfig::default();
+        assert!((1..=7).all(|done| t.save_due(done, Duration::ZERO)));
+    }
+
+    #[test]
+    fn save_every_saves_on_its_multiples_only() {
+        let t = train(r#"{"save_every": 3}"#);
+        let due: Vec<i64> = (1..=10).filter(|&done| t.save_due(done, 100 * MINUTE)).collect();
+        assert_eq!(due, [3, 6, 9]);
+    }
+
+    #[test]
+    fn save_every_minutes_alone_saves_by_time_only() {
+        let t = train(r#"{"save_every_minutes": 5}"#);
+        assert!(!t.save_due(1, 4 * MINUTE) && !t.save_due(5, 4 * MINUTE));
+        assert!(t.save_due(7, 5 * MINUTE) && t.save_due(1, 6 * MINUTE));
+    }
+
+    #[test]
+    fn both_settings_save_when_either_is_due() {
+        let t = train(r#"{"save_every": 4, "save_every_minutes": 0.5}"#);
+        assert!(t.save_due(4, Duration::ZERO), "by count");
+        assert!(t.save_due(3, MINUTE / 2), "by time");
+        assert!(!t.save_due(3, MINUTE / 3));
+    }
+
+    #[test]
+    fn bad_intervals_are_one_line_naming_field_and_value() {
+        let err = |json: &str| {
+            let text =
+                format!("{:#}", crate::Config::from_json(&format!(r#"{{"train": {json}}}"#)).unwrap_err());
+            assert!(!text.contains('\n'), "{text}");
+            text
+        };
+        for (json, field, value) in [
+            (r#"{"save_every": 0}"#, "train.save_every", "0"),
+            (r#"{"save_every": -2}"#, "train.save_every", "-2"),
+            (r#"{"save_every_minutes": 0}"#, "train.save_every_minutes", "0"),
+            (r#"{"save_every_minutes": -1.5}"#, "train.save_every_minutes", "-1.5"),
+        ] {
+            let text = err(json);
+            assert!(text.contains(field) && text.contains(&format!("got {value}")), "{text}");
+        }
+        let text = err(r#"{"save_every": 1.5}"#);
+        assert!(text.contains("train.save_every"), "{text}");
+        let t = TrainConfig { save_every_minutes: Some(f64::INFINITY), ..TrainConfig::default() };
+        assert!(format!("{:#}", t.validate().unwrap_err()).contains("train.save_every_minutes"));
+        let t = TrainConfig { save_every_minutes: Some(f64::NAN), ..TrainConfig::default() };
+        assert!(t.validate().is_err());
     }
 }

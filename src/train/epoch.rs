@@ -1,5 +1,6 @@
 //! The loop over epochs and batches: one step per batch, the logs of each step and epoch,
-//! previews, and a checkpoint at the end of every epoch and whenever the run stops.
+//! previews, and a checkpoint at the end of epochs (every one, or as `train.save_every` and
+//! `train.save_every_minutes` say) and whenever the run stops.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,8 +43,10 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 /// dies meanwhile still fails the wait at once.
 const RANK0_WORK_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
-/// Trains until the last epoch, `--max-steps`, or a signal. In a data-parallel run (`pg`),
-/// rank 0 alone writes logs, previews and checkpoints, and all ranks stop at the same step.
+/// Trains until the last epoch, `--max-steps`, or a signal, saving at the end of the epochs
+/// [`crate::config::TrainConfig::save_due`] names and always when the run ends. In a
+/// data-parallel run (`pg`), rank 0 alone writes logs, previews and checkpoints, and all ranks
+/// stop at the same step.
 pub(super) fn train_epochs(
     tr: &mut Trainer,
     opts: &RunOptions,
@@ -63,6 +66,7 @@ pub(super) fn train_epochs(
     let stop = stop_flag()?;
     let per_epoch = loader.batches_per_epoch() as i64;
     let total_steps = tr.meta.schedule_steps.expect("resume::start fixes the horizon");
+    let mut last_save = Instant::now();
     while tr.meta.epoch < cfg.train.epoch {
         let epoch = tr.meta.epoch;
         let started = Instant::now();
@@ -84,7 +88,12 @@ pub(super) fn train_epochs(
             end_epoch(tr, tb.as_mut(), &totals, elapsed, opts, probe)?;
         }
         if let Some(tb) = tb.as_mut() {
-            tr.save()?;
+            // A stop and the last epoch always save; other epochs when the config says so.
+            let last = tr.meta.epoch >= cfg.train.epoch;
+            if outcome.is_some() || last || cfg.train.save_due(tr.meta.epoch, last_save.elapsed()) {
+                tr.save()?;
+                last_save = Instant::now();
+            }
             tb.flush()?;
         }
         if let Some(pg) = pg {

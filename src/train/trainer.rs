@@ -257,7 +257,8 @@ impl Trainer {
         self.ema.as_ref().map(|e| self.named(&e.shadow)).unwrap_or_default()
     }
 
-    /// Writes the state file, then the weights in the chosen format; each atomically.
+    /// Writes the state file, then the weights in the chosen format (a `.safetensors` file with
+    /// what its run records: [`checkpoint::Recorded`]); each atomically.
     pub fn save(&self) -> Result<()> {
         let model = self.named_params();
         let ema = self.named_ema();
@@ -267,15 +268,11 @@ impl Trainer {
             [("model", &model), ("ema", &ema), ("adam_m", &m), ("adam_v", &v)];
         let meta = TrainMeta { adam_step: Some(self.adam.step), ..self.meta.clone() };
         state::save(&state::state_path(&self.weights_path), &meta, &groups)?;
-        // A latent-space model means nothing without its autoencoder and normalisation: a
-        // `.safetensors` weight file carries them (the other formats have no metadata).
-        let metadata = match &self.meta.latent {
-            Some(latent) => std::collections::HashMap::from([
-                (checkpoint::LATENT_KEY.to_string(), serde_json::to_string(latent)?),
-                (checkpoint::MODEL_KEY.to_string(), serde_json::to_string(&self.config().model)?),
-            ]),
-            None => Default::default(),
-        };
+        // A `.safetensors` weight file records what sampling it needs (the other formats have
+        // no metadata): the model, diffusion and runtime sections, the classes, the latent space.
+        let recorded =
+            checkpoint::Recorded::of_run(self.config(), &self.meta.classes, self.meta.latent.as_ref());
+        let metadata = recorded.to_metadata()?;
         checkpoint::write_tensors_with(&self.weights_path, &model, metadata)
     }
 
