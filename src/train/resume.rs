@@ -114,25 +114,12 @@ pub(super) fn check_weights_only(weights: &Path, cfg: &Config) -> Result<Option<
     }
     let found = checkpoint::read_tensors(weights)?;
     checkpoint::check_keys(weights, &checkpoint::expected_shapes(&cfg.model), &found)?;
-    let metadata = checkpoint::read_metadata(weights)?;
-    let field = |key: &str| -> Result<Option<serde_json::Value>> {
-        let Some(text) = metadata.get(key) else { return Ok(None) };
-        serde_json::from_str(text)
-            .map(Some)
-            .with_context(|| format!("{}: metadata {key} is not readable", weights.display()))
-    };
-    let latent: Option<LatentMeta> =
-        field(checkpoint::LATENT_KEY)?.map(serde_json::from_value).transpose().with_context(|| {
-            format!("{}: metadata {} is not readable", weights.display(), checkpoint::LATENT_KEY)
-        })?;
     // The model section records pixel space too (autoencoder null); a file without either
     // (.ot, .pth, or written elsewhere) says nothing, and its shapes were checked above.
-    let recorded_model = field(checkpoint::MODEL_KEY)?;
-    let trained = match (&latent, &recorded_model) {
+    let recorded = checkpoint::Recorded::read(weights)?;
+    let trained = match (&recorded.latent, &recorded.model) {
         (Some(l), _) => Some(l.autoencoder.clone()),
-        (None, Some(model)) => {
-            Some(model.get("autoencoder").and_then(|a| a.as_str()).map(str::to_string)).flatten()
-        }
+        (None, Some(model)) => model.autoencoder.map(|a| a.name().to_string()),
         (None, None) => return Ok(None),
     };
     let asked = cfg.model.autoencoder.map(|a| a.name().to_string());
@@ -144,7 +131,7 @@ pub(super) fn check_weights_only(weights: &Path, cfg: &Config) -> Result<Option<
         trained.as_deref().map_or("in pixel space".to_string(), |a| format!("in the latent space of {a}")),
         asked.as_deref().map_or("pixel space".to_string(), |a| format!("the latent space of {a}"))
     );
-    Ok(latent)
+    Ok(recorded.latent)
 }
 
 /// What a start knows of the data it is about to train on.
