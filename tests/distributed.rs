@@ -539,29 +539,18 @@ fn resuming_with_another_global_batch_goes_on_from_the_same_image() {
 fn two_processes_encode_the_latent_store_one_process_encodes_and_train_on_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::latent_images(d);
-    common::autoencoder(d, 11);
-    let latent = r#"{"model": {"img_size": 64, "patch_size": 2, "autoencoder": "taesd"},
-                     "train": {"batch_size": 2, "hflip": true, "data_path": "imgs"}}"#;
-    common::write_tiny_config(d, "dp.json", &[latent]);
+    latent_dir(d);
     let extra = ["--autoencoder-dir", "ae", "--max-steps", "2"];
     let one = train_one(d, "one", &extra);
     assert!(one.contains("latents: encoding 8 images"), "{one}");
     let two = train_two(d, "two", &extra);
     assert!(two.contains("latents: encoding 8 images"), "{two}");
     assert!(two.contains("reached --max-steps at step 2"), "{two}");
-    let store = |name: &str| {
-        let files: Vec<_> =
-            std::fs::read_dir(d.join(name).join("latents")).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(files.len(), 1, "{files:?}");
-        std::fs::read(&files[0]).unwrap()
-    };
-    assert!(store("one") == store("two"), "the stores differ");
+    assert!(store_bytes(d, "one") == store_bytes(d, "two"), "the stores differ");
     assert_eq!(state(d, "two").meta.latent, state(d, "one").meta.latent);
 }
 
-/// The latent setting of [`two_processes_encode_the_latent_store_one_process_encodes_and_train_on_it`]
-/// in `dir`: 8 images, the autoencoder and `dp.json`.
+/// The latent setting in `dir`: 8 images of 64², taesd, and `dp.json` (batch 2, flips).
 fn latent_dir(dir: &Path) {
     common::latent_images(dir);
     common::autoencoder(dir, 11);
@@ -580,6 +569,14 @@ fn two_machines(dirs: [&Path; 2], extra: &[&str]) -> [String; 2] {
         assert!(status.success(), "{out}\n{err}");
         out
     })
+}
+
+/// The bytes of the one latent store of the run `name` in `d`.
+fn store_bytes(d: &Path, name: &str) -> Vec<u8> {
+    let files: Vec<_> =
+        std::fs::read_dir(d.join(name).join("latents")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::read(&files[0]).unwrap()
 }
 
 /// The latents of a store, image by image (its metadata left out: it names the files).
@@ -601,13 +598,7 @@ fn two_machines_on_one_shared_folder_write_one_store_and_both_train() {
     assert!(one.contains("latents: encoding 8 images"), "{one}");
     let [a, _] = two_machines([d, d], &extra);
     assert!(a.contains("latents: encoding 8 images") && a.contains("reached --max-steps at step 2"), "{a}");
-    let read = |name: &str| {
-        let files: Vec<_> =
-            std::fs::read_dir(d.join(name).join("latents")).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(files.len(), 1, "{files:?}");
-        std::fs::read(&files[0]).unwrap()
-    };
-    assert!(read("one") == read("run"), "the store differs from one process's");
+    assert!(store_bytes(d, "one") == store_bytes(d, "run"), "the store differs from one process's");
     assert_eq!(state(d, "run").meta.world_size, 2);
 }
 

@@ -48,15 +48,6 @@ fn train(d: &Path, checkpoint: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The one line a refused start prints, after checking that it failed.
-fn refusal(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a refusal:\n{}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
-    err
-}
-
 fn stores(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).map_or(vec![], |r| r.map(|e| e.unwrap().path()).collect())
 }
@@ -143,9 +134,7 @@ fn resuming_in_another_space_or_with_another_encoder_is_refused_and_nothing_chan
     assert!(err.contains("trained in the latent space of taesd") && err.contains("pixel space"), "{err}");
 
     // Other encoder weights under the same name: the latents would mean something else.
-    let other = tempfile::tempdir().unwrap();
-    let folder = autoencoder(other.path(), 12);
-    std::fs::copy(folder.join("taesd_encoder.pth"), d.join("ae/taesd_encoder.pth")).unwrap();
+    other_encoder(d);
     let err = refusal(&train_bin(d, "w.safetensors", &["--max-steps", "2"]));
     assert!(
         err.contains("taesd_encoder.pth: sha256")
@@ -283,6 +272,13 @@ fn the_original_dit_at_the_latent_shape_and_the_published_decoder_draw_what_samp
     }
 }
 
+/// Puts other (seed 12) encoder weights in `d/ae` under taesd's name.
+fn other_encoder(d: &Path) {
+    let other = tempfile::tempdir().unwrap();
+    let folder = autoencoder(other.path(), 12);
+    std::fs::copy(folder.join("taesd_encoder.pth"), d.join("ae/taesd_encoder.pth")).unwrap();
+}
+
 /// The latent stores in `dir` (no temporary files).
 fn whole_stores(dir: &Path) -> Vec<PathBuf> {
     stores(dir).into_iter().filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect()
@@ -329,9 +325,7 @@ fn a_weights_only_start_from_another_autoencoders_latents_is_refused_naming_both
     let err = refusal(&train_bin(d, "w.safetensors", &["--autoencoder", "taesdxl", "--max-steps", "2"]));
     assert!(err.contains("latent space of taesd,") && err.contains("latent space of taesdxl"), "{err}");
     // The same autoencoder with other encoder weights.
-    let other = tempfile::tempdir().unwrap();
-    let folder = autoencoder(other.path(), 12);
-    std::fs::copy(folder.join("taesd_encoder.pth"), d.join("ae/taesd_encoder.pth")).unwrap();
+    other_encoder(d);
     let out = train_bin(d, "w.safetensors", &["--max-steps", "2"]);
     let err = refusal(&out);
     assert!(

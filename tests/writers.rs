@@ -60,15 +60,6 @@ fn succeeded(out: &Output) -> String {
     text
 }
 
-/// The one line of a run that must have failed.
-fn failure(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure:\n{}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
-    err
-}
-
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -221,7 +212,7 @@ fn a_full_disk_is_one_line_naming_the_file_and_what_it_needs_and_keeps_the_last_
     let d = dir.path();
     // The store (32 KiB and its header) does not fit in 16 KiB: refused before any encoding.
     let small = Tmpfs::mount(&d.join("small"), 16 * 1024);
-    let err = failure(&command(d, "small/w.safetensors", &["--max-steps", "1"]).output().unwrap());
+    let err = refusal(&command(d, "small/w.safetensors", &["--max-steps", "1"]).output().unwrap());
     println!("{err}");
     assert!(err.contains("cannot write") && err.contains("small/latents/taesd-64-"), "{err}");
     assert!(
@@ -239,7 +230,7 @@ fn a_full_disk_is_one_line_naming_the_file_and_what_it_needs_and_keeps_the_last_
     let before = (std::fs::read(&weights).unwrap(), std::fs::read(&state).unwrap());
     fs.fill();
     let out = command(d, "fs/w.safetensors", &["--max-steps", "8", "--logdir", "logs"]).output().unwrap();
-    let err = failure(&out);
+    let err = refusal(&out);
     println!("{err}");
     assert!(err.contains("cannot write") && err.contains("fs/w.safetensors"), "{err}");
     assert!(err.contains("it needs about") && err.contains("No space left on device"), "{err}");
@@ -249,7 +240,7 @@ fn a_full_disk_is_one_line_naming_the_file_and_what_it_needs_and_keeps_the_last_
 
     // The TensorBoard log on the full disk: one line naming its file.
     let err =
-        failure(&command(d, "w.safetensors", &["--max-steps", "1", "--logdir", "fs/logs"]).output().unwrap());
+        refusal(&command(d, "w.safetensors", &["--max-steps", "1", "--logdir", "fs/logs"]).output().unwrap());
     println!("{err}");
     assert!(err.contains("cannot write fs/logs") && err.contains("free there"), "{err}");
     assert!(err.contains("No space left on device"), "{err}");

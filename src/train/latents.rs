@@ -126,7 +126,7 @@ fn store_path(weights: &Path, key: &BTreeMap<String, String>) -> PathBuf {
         h.write(key[field].as_bytes());
         h.write(&[0]);
     }
-    let dir = super::resume::parent(weights).join("latents");
+    let dir = crate::fs::parent(weights).join("latents");
     dir.join(format!("{}-{}-{:016x}.safetensors", key["autoencoder"], key["img_size"], h.finish()))
 }
 

@@ -63,7 +63,7 @@ pub fn run(mut cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let weights_path = PathBuf::from(&cfg.train.model_save_path);
     checkpoint::Format::from_path(&weights_path).context("train.model_save_path")?;
     if main {
-        resume::check_writable(&resume::parent(&weights_path), "checkpoint")?;
+        resume::check_writable(&crate::fs::parent(&weights_path), "checkpoint")?;
     }
     let resumed = resume::read_state(&weights_path, &mut cfg)?;
     if let Some(pg) = &pg {

@@ -24,11 +24,6 @@ pub(super) fn check_writable(dir: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The folder of `path` ("." for a bare file name).
-pub(super) fn parent(path: &Path) -> PathBuf {
-    crate::fs::parent(path)
-}
-
 /// Reads the training state beside `weights`, if any, and fits `cfg` to it: the architecture
 /// and diffusion sections must be the state's; the "no label" row, once a run has it, stays;
 /// the seed is the state's (or the config's, or a fresh one for a fresh run).

@@ -139,6 +139,16 @@ pub fn run_bin(bin: &str, dir: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
 }
 
+/// The one line a failed (refused) run printed on stderr, after checking that it failed with
+/// one line and no panic.
+pub fn refusal(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a refusal:\n{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    err
+}
+
 /// Runs the binary `bin` in `dir` with `args`; panics with its stdout and stderr unless it
 /// succeeds.
 pub fn run_ok(bin: &str, dir: &Path, args: &[&str]) -> Output {
