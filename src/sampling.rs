@@ -1,7 +1,9 @@
 //! Sampling from a trained `Dit`: the original's DDPM denoise loop (docs/ORIGINAL.md §4, DDPM
 //! Algorithm 2 with a clamp every step), DDIM (Song et al. 2021, eq. 12 with σ from eq. 16)
 //! and DPM-Solver++(2M) (Lu et al. 2022) over the same model, whatever it predicts
-//! (`diffusion.prediction`); the step math lives in `diffusion::Schedule`. Also the image
+//! (`diffusion.prediction`); the step math lives in `diffusion::Schedule`. A flow model
+//! (`diffusion.process: flow`) is integrated from the noise to the data with Euler's or Heun's
+//! method on LightningDiT's time grid (`diffusion::flow`). Also the image
 //! helpers the sampler and the trainer share: a `make_grid`-style tiling into an RGB image,
 //! an atomic PNG writer, and the original's choice of preview states.
 
@@ -12,7 +14,8 @@ use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
 pub use crate::config::SamplerKind;
-use crate::diffusion::{Previous, Schedule};
+use crate::config::Process;
+use crate::diffusion::{flow, Previous, Schedule};
 use crate::Dit;
 
 /// Pixels between tiles (and around the border) in a grid, as torchvision's `make_grid`.
@@ -26,6 +29,12 @@ pub const DEFAULT_DDIM_STEPS: i64 = 50;
 
 /// Steps DPM-Solver++(2M) takes when none are asked for.
 pub const DEFAULT_DPM_SOLVER_STEPS: i64 = 20;
+
+/// Euler steps when none are asked for (50 model evaluations).
+pub const DEFAULT_EULER_STEPS: i64 = 50;
+
+/// Heun steps when none are asked for: two model evaluations each, so as many as Euler's 50.
+pub const DEFAULT_HEUN_STEPS: i64 = 25;
 
 /// DDIM's η when none is asked for: 1, the stochastic end (each step adds fresh noise, as
 /// DDPM's do). Measured on the quick-start checkpoint (BENCHMARKS.md, "Sample quality against
@@ -43,6 +52,17 @@ impl SamplerKind {
             Self::Ddpm => max_t,
             Self::Ddim => DEFAULT_DDIM_STEPS.min(most),
             Self::DpmPP2m => DEFAULT_DPM_SOLVER_STEPS.min(most),
+            Self::Euler => DEFAULT_EULER_STEPS,
+            Self::Heun => DEFAULT_HEUN_STEPS,
+        }
+    }
+
+    /// Model evaluations of `steps` steps: two a step for Heun, one for the others.
+    pub fn evaluations(self, steps: i64) -> i64 {
+        if self == Self::Heun {
+            2 * steps
+        } else {
+            steps
         }
     }
 
@@ -63,6 +83,7 @@ impl SamplerKind {
             Self::Ddpm => (0..schedule.max_t).rev().collect(),
             Self::Ddim => schedule.ddim_timesteps(steps),
             Self::DpmPP2m => schedule.dpm_solver_timesteps(steps),
+            Self::Euler | Self::Heun => unreachable!("flow samplers walk a time grid, not training steps"),
         }
     }
 }
@@ -83,6 +104,11 @@ pub struct SampleOptions {
     /// batched forward pass (Ho & Salimans 2022, eq. 6 with w = W − 1). `None` (or W = 1) is
     /// the plain conditional model; W ≠ 1 needs a model with a "no label" row.
     pub guidance: Option<f64>,
+    /// Flow samplers: the time grid's shift s, t' = s·t / (1 + (s − 1)·t) (`None`: evenly spaced).
+    pub shift: Option<f64>,
+    /// Flow samplers: guidance only from this time on (t ≥ it; 0 is the noise, 1 the data);
+    /// `None`: at every step.
+    pub cfg_interval_start: Option<f64>,
 }
 
 impl SampleOptions {
@@ -94,7 +120,23 @@ impl SampleOptions {
             eta: DEFAULT_DDIM_ETA,
             keep: vec![],
             guidance: None,
+            shift: None,
+            cfg_interval_start: None,
         }
+    }
+
+    /// The flow-only options are for flow samplers, with values in range.
+    fn check_flow_options(&self) -> Result<()> {
+        let flow = self.sampler.process() == Process::Flow;
+        if let Some(s) = self.shift {
+            ensure!(flow, "the timestep shift applies to the flow samplers (euler, heun)");
+            ensure!(s > 0.0 && s.is_finite(), "the timestep shift must be a number > 0, got {s}");
+        }
+        if let Some(t) = self.cfg_interval_start {
+            ensure!(flow, "the guidance interval applies to the flow samplers (euler, heun)");
+            ensure!((0.0..=1.0).contains(&t), "the guidance interval's start must lie in [0, 1], got {t}");
+        }
+        Ok(())
     }
 }
 
@@ -125,7 +167,14 @@ pub fn sample(
         );
     }
     let null_labels = labels.full_like(model.config().label_num);
-    let mut output = |x: &Tensor, t: &Tensor| model_output(model, x, labels, &null_labels, t, guidance);
+    let mut output = |x: &Tensor, t: &Tensor| {
+        // LightningDiT's guidance interval: the conditional output alone while t < start.
+        let guided = match opts.cfg_interval_start {
+            Some(start) => guidance.filter(|_| t.double_value(&[0]) >= start),
+            None => guidance,
+        };
+        model_output(model, x, labels, &null_labels, t, guided)
+    };
     sample_with(schedule, opts, noise, &mut output, progress)
 }
 
@@ -140,9 +189,14 @@ pub fn sample_with(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let SampleOptions { sampler, steps, eta, ref keep, .. } = *opts;
+    sampler.check_process(schedule.process)?;
     sampler.check(steps, eta, schedule.max_t)?;
+    opts.check_flow_options()?;
     if let Some(bad) = keep.iter().find(|&&k| !(0..=steps).contains(&k)) {
         anyhow::bail!("state {bad} cannot be kept: there are {} states (0 = the noise)", steps + 1);
+    }
+    if schedule.process == Process::Flow {
+        return flow_walk(schedule, opts, noise, output, progress);
     }
     let timesteps = sampler.timesteps(schedule, steps);
     let total = timesteps.len();
@@ -178,6 +232,42 @@ pub fn sample_with(
     })
 }
 
+/// The flow samplers' walk from `noise` at t = 0 to the data at t = 1 over
+/// [`flow::time_grid`], for any velocity `output(x_t, t)` (t (B) float32): Euler,
+/// x ← x + Δt·v̂(x, t), or Heun (torchdiffeq's `heun2`), x ← x + Δt·(v̂(x, t) + v̂(x̃, t + Δt))/2
+/// with x̃ the Euler step. Draws nothing. The final images are clamped when the schedule clips
+/// (pixel space); the states in between are not.
+fn flow_walk(
+    schedule: &Schedule,
+    opts: &SampleOptions,
+    noise: Tensor,
+    output: &mut dyn FnMut(&Tensor, &Tensor) -> Tensor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let grid = flow::time_grid(opts.steps, opts.shift);
+    let (batch, device) = (noise.size()[0], noise.device());
+    let at = |t: f32| Tensor::full([batch], t as f64, (Kind::Float, device));
+    tch::no_grad(|| {
+        let mut states = vec![noise.shallow_clone()];
+        let mut x = noise;
+        for (i, w) in grid.windows(2).enumerate() {
+            let dt = (w[1] - w[0]) as f64; // the float32 difference, as torchdiffeq takes it
+            let v = output(&x, &at(w[0]));
+            x = match opts.sampler {
+                SamplerKind::Heun => {
+                    let v_next = output(&(&x + &v * dt), &at(w[1]));
+                    &x + (v * 0.5 + v_next * 0.5) * dt
+                }
+                _ => &x + v * dt,
+            };
+            states.push(x.shallow_clone());
+            progress(i + 1, grid.len() - 1);
+        }
+        let kept = opts.keep.iter().map(|&k| states[k as usize].shallow_clone()).collect();
+        Ok((schedule.clipped(x), kept))
+    })
+}
+
 /// One step of the sampler (with DDIM's η) from `x` at `t` to `next`, given the model's output
 /// there; `previous` carries DPM-Solver++'s last x̂0 and t from step to step. For an ε model
 /// DDPM's and DDIM's ε̂ is the output itself, bit for bit.
@@ -201,6 +291,7 @@ fn step(
             *previous = Some((x0, t));
             x_next
         }
+        SamplerKind::Euler | SamplerKind::Heun => unreachable!("check_process sends flow samplers to flow_walk"),
     }
 }
 

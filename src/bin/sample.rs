@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use dit::cli::DeviceArg;
-use dit::config::{Precision, Prediction, RuntimeConfig};
+use dit::config::{Precision, Prediction, Process, RuntimeConfig};
 use dit::generate::{self, Outputs, Request};
 use dit::sampling::{self, SampleOptions, SamplerKind};
 
@@ -30,15 +30,16 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// ddpm: the original's sampler, all max_t steps; ddim and dpmpp_2m (DPM-Solver++ 2M):
-    /// the same model in fewer steps.
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
-    sampler: SamplerKind,
+    /// the same model in fewer steps. euler and heun: for a flow model (diffusion.process
+    /// flow). [default: ddpm; euler for a flow model]
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerKind>,
     /// What the model predicts [default: the training state's, or the one a .safetensors
     /// weight file records; for a .ot or .pth file alone, the config's, whose default is the
     /// original's epsilon]
     #[arg(long, value_enum)]
     prediction: Option<Prediction>,
-    /// Denoising steps [default: max_t for ddpm, 50 for ddim, 20 for dpmpp_2m]
+    /// Denoising steps [default: max_t for ddpm, 50 for ddim and euler, 20 for dpmpp_2m, 25 for heun]
     #[arg(long, allow_negative_numbers = true)]
     steps: Option<i64>,
     /// DDIM's eta: 1 adds DDPM-like noise every step, 0 is deterministic [default: 1]
@@ -48,6 +49,14 @@ struct Args {
     /// Needs a model trained with train.cfg_dropout > 0.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     guidance: f64,
+    /// Flow samplers: shift the time grid, t' = S·t / (1 + (S − 1)·t); S < 1 spends more steps
+    /// near the noise (LightningDiT samples with 0.3) [default: evenly spaced]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    timestep_shift: Option<f64>,
+    /// Flow samplers: guide only from time T on (0 = the noise, 1 = the data); before it the
+    /// conditional model alone (LightningDiT uses 0.11) [default: guide every step]
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    cfg_interval_start: Option<f64>,
     /// Seed of the random numbers (noise drawn as the original draws it).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -93,10 +102,6 @@ fn run(args: &Args) -> Result<()> {
     ensure!(args.num >= 1, "--num must be at least 1, got {}", args.num);
     let batch_size = args.batch_size.unwrap_or(args.num);
     ensure!(batch_size >= 1, "--batch-size must be at least 1, got {batch_size}");
-    let sampler = args.sampler;
-    if sampler != SamplerKind::Ddim && args.eta.is_some() {
-        bail!("--eta applies to --sampler ddim only");
-    }
     let eta = args.eta.unwrap_or(sampling::DEFAULT_DDIM_ETA);
     ensure!(eta >= 0.0 && eta.is_finite(), "--eta must be a number ≥ 0, got {eta}");
     if let Some(path) = &args.tensor_out {
@@ -113,6 +118,15 @@ fn run(args: &Args) -> Result<()> {
     if let Some(p) = args.prediction {
         loaded.set_prediction(p)?;
     }
+    let process = loaded.config.diffusion.process;
+    let sampler = args.sampler.unwrap_or(match process {
+        Process::Ddpm => SamplerKind::Ddpm,
+        Process::Flow => SamplerKind::Euler,
+    });
+    sampler.check_process(process).with_context(|| format!("--sampler {}", sampler.name()))?;
+    if sampler != SamplerKind::Ddim && args.eta.is_some() {
+        bail!("--eta applies to --sampler ddim only");
+    }
     let precision = args.precision.unwrap_or(loaded.config.runtime.precision);
     loaded.model.set_runtime(&RuntimeConfig { precision, ..loaded.config.runtime });
     let (label, label_text) = loaded.resolve_label(&args.label)?;
@@ -120,14 +134,26 @@ fn run(args: &Args) -> Result<()> {
     let steps = args.steps.unwrap_or(sampler.default_steps(max_t));
     let sampler_name = sampler.name();
     sampler.check(steps, eta, max_t).with_context(|| format!("--sampler {sampler_name} --steps {steps}"))?;
-    println!("weights: {} (predicting {})", loaded.description, loaded.config.diffusion.prediction.name());
+    let predicting = match process {
+        Process::Ddpm => loaded.config.diffusion.prediction.name(),
+        Process::Flow => "the flow's velocity",
+    };
+    println!("weights: {} (predicting {predicting})", loaded.description);
 
     let keep = if args.progress.is_some() {
         sampling::evenly_spaced_states(steps, PROGRESS_COLUMNS)
     } else {
         vec![]
     };
-    let opts = SampleOptions { sampler, steps, eta, keep, guidance: Some(args.guidance) };
+    let opts = SampleOptions {
+        sampler,
+        steps,
+        eta,
+        keep,
+        guidance: Some(args.guidance),
+        shift: args.timestep_shift,
+        cfg_interval_start: args.cfg_interval_start,
+    };
     let request = Request { num: args.num, label, seed: args.seed, batch_size };
     let decoder = latent_decoder(&loaded, args.autoencoder_dir.as_deref(), device)?;
     let (images, kept) = generate::generate(&loaded, &opts, &request, device, decoder.as_ref())?;
@@ -136,6 +162,10 @@ fn run(args: &Args) -> Result<()> {
         args.num,
         match sampler {
             SamplerKind::Ddim => format!(", eta {eta}"),
+            SamplerKind::Euler | SamplerKind::Heun => match args.timestep_shift {
+                Some(s) => format!(", timestep shift {s}"),
+                None => String::new(),
+            },
             SamplerKind::Ddpm | SamplerKind::DpmPP2m => String::new(),
         },
         args.seed

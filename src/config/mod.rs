@@ -15,17 +15,22 @@ mod train;
 
 pub use autoencoder::Variant;
 pub use cache::CacheImages;
-pub use model::{ActivationCheckpointing, Attention, ModelConfig, Precision, RuntimeConfig};
-pub use objective::{describe_objective, Loss, LossWeighting, Prediction};
+pub use model::{ActivationCheckpointing, Arch, Attention, ModelConfig, Precision, RuntimeConfig};
+pub use objective::{describe_objective, Loss, LossWeighting, Prediction, Process, TimestepSampling};
 pub use train::{ClassLayout, EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
 
 /// The config file commands read when none is named.
 pub const DEFAULT_PATH: &str = "config.json";
 
-/// The DDPM noise schedule (docs/ORIGINAL.md §4).
+/// The diffusion process: the DDPM noise schedule (docs/ORIGINAL.md §4), or flow matching
+/// (docs/RECIPES.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiffusionConfig {
+    /// `ddpm` (the original's) or `flow` (SiT's linear path, velocity target).
+    pub process: Process,
+    /// Flow: how training draws t in [0, 1], `uniform` or `logit_normal`.
+    pub timestep_sampling: TimestepSampling,
     /// Number of diffusion steps T.
     pub max_t: i64,
     /// First value of the linear beta schedule.
@@ -38,12 +43,31 @@ pub struct DiffusionConfig {
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
-        Self { max_t: 1000, beta_start: 0.0001, beta_end: 0.02, prediction: Prediction::Epsilon }
+        Self {
+            process: Process::Ddpm,
+            timestep_sampling: TimestepSampling::Uniform,
+            max_t: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            prediction: Prediction::Epsilon,
+        }
     }
 }
 
 impl DiffusionConfig {
     pub fn validate(&self) -> Result<()> {
+        if self.process == Process::Flow {
+            ensure!(
+                self.prediction == Prediction::Epsilon,
+                "diffusion.prediction ({}) applies to diffusion.process ddpm; a flow model predicts the velocity",
+                self.prediction.name()
+            );
+        } else {
+            ensure!(
+                self.timestep_sampling == TimestepSampling::Uniform,
+                "diffusion.timestep_sampling logit_normal applies to diffusion.process flow"
+            );
+        }
         ensure!(self.max_t > 0, "diffusion.max_t must be a positive integer, got {}", self.max_t);
         for (name, value) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
             ensure!(
@@ -157,7 +181,15 @@ impl Config {
         self.model.validate()?;
         self.diffusion.validate()?;
         self.train.validate()?;
+        let flow = self.diffusion.process == Process::Flow;
+        let t = &self.train;
+        ensure!(!t.cosine_loss || flow, "train.cosine_loss applies to diffusion.process flow");
+        ensure!(
+            !flow || t.loss_weighting == LossWeighting::None,
+            "train.loss_weighting min_snr applies to diffusion.process ddpm"
+        );
         let p = &self.train.preview;
+        p.sampler.check_process(self.diffusion.process).context("train.preview.sampler")?;
         p.sampler.check_steps(p.steps, self.diffusion.max_t).with_context(|| {
             format!("train.preview.steps = {} with train.preview.sampler = {}", p.steps, p.sampler.name())
         })

@@ -51,11 +51,35 @@ pub enum ActivationCheckpointing {
     Blocks,
 }
 
-/// The architecture: the arguments of the original's `DIT(...)` constructor, and the space it
-/// works in (`autoencoder`).
+/// Which transformer the model is (docs/RECIPES.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// The original's `DIT` (docs/ORIGINAL.md §2), its parameter names and quirks.
+    #[default]
+    Original,
+    /// LightningDiT's model (Yao et al. 2025, `models/lightningdit.py`), its parameter names,
+    /// with its switches (`use_qknorm` … `mlp_ratio`); every switch off and `learn_sigma` on
+    /// is facebookresearch/DiT's model, key for key.
+    Lightning,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Original => "original",
+            Self::Lightning => "lightning",
+        }
+    }
+}
+
+/// The architecture: the arguments of the original's `DIT(...)` constructor (or of
+/// LightningDiT's, `arch`), and the space it works in (`autoencoder`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// `original` (the default) or `lightning`.
+    pub arch: Arch,
     /// Side of the square images, in pixels (the DiT's input side in pixel space).
     pub img_size: i64,
     /// Side of a square patch; the DiT's input side must be a multiple of it.
@@ -78,6 +102,21 @@ pub struct ModelConfig {
     /// guidance; set by training with `train.cfg_dropout` > 0. The original loads such weights
     /// when constructed with `label_num + 1`.
     pub null_label: bool,
+    /// LightningDiT: RMSNorm (or LayerNorm) of each head's queries and keys.
+    pub use_qknorm: bool,
+    /// LightningDiT: a SwiGLU feed-forward of hidden width ⌊2/3·⌊emb_size·mlp_ratio⌋⌋.
+    pub use_swiglu: bool,
+    /// LightningDiT: 2-D rotary position embedding of queries and keys (EVA-02's).
+    pub use_rope: bool,
+    /// LightningDiT: RMSNorm with a weight in place of the parameter-free LayerNorms.
+    pub use_rmsnorm: bool,
+    /// LightningDiT: adaLN without the shifts (scale and gate only).
+    pub wo_shift: bool,
+    /// LightningDiT: twice the channels out, the second half dropped (DiT's learned Σ;
+    /// only for weight exchange with DiT and SiT checkpoints).
+    pub learn_sigma: bool,
+    /// LightningDiT: feed-forward width over token width.
+    pub mlp_ratio: f64,
 }
 
 impl Default for ModelConfig {
@@ -92,6 +131,14 @@ impl Default for ModelConfig {
             label_num: 1,
             emb_size: 64,
             null_label: false,
+            arch: Arch::Original,
+            use_qknorm: false,
+            use_swiglu: false,
+            use_rope: false,
+            use_rmsnorm: false,
+            wo_shift: false,
+            learn_sigma: false,
+            mlp_ratio: 4.0,
         }
     }
 }
@@ -132,6 +179,58 @@ impl ModelConfig {
         self.patches_per_side().pow(2)
     }
 
+    /// LightningDiT's switches, by name, with their values.
+    pub fn switches(&self) -> [(&'static str, bool); 6] {
+        [
+            ("use_qknorm", self.use_qknorm),
+            ("use_swiglu", self.use_swiglu),
+            ("use_rope", self.use_rope),
+            ("use_rmsnorm", self.use_rmsnorm),
+            ("wo_shift", self.wo_shift),
+            ("learn_sigma", self.learn_sigma),
+        ]
+    }
+
+    /// Width of one attention head: `emb_size` in the original (each head is as wide as a
+    /// token), `emb_size / head` in LightningDiT.
+    pub fn head_width(&self) -> i64 {
+        match self.arch {
+            Arch::Original => self.emb_size,
+            Arch::Lightning => self.emb_size / self.head,
+        }
+    }
+
+    /// The switches belong to LightningDiT, whose widths must split evenly.
+    fn validate_arch(&self) -> Result<()> {
+        ensure!(
+            self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite(),
+            "model.mlp_ratio must be a positive number, got {}",
+            self.mlp_ratio
+        );
+        if self.arch == Arch::Original {
+            if let Some((name, _)) = self.switches().into_iter().find(|(_, on)| *on) {
+                anyhow::bail!("model.{name} is a switch of model.arch \"lightning\"; the original's model has none");
+            }
+            ensure!(
+                self.mlp_ratio == 4.0,
+                "model.mlp_ratio applies to model.arch \"lightning\" (the original's feed-forward is 4 × emb_size), got {}",
+                self.mlp_ratio
+            );
+            return Ok(());
+        }
+        let (e, h) = (self.emb_size, self.head);
+        ensure!(e % h == 0, "model.emb_size ({e}) must be a multiple of model.head ({h}) with model.arch lightning");
+        // The fixed sine-cosine positions split the width in four (two axes, sine and cosine).
+        ensure!(e % 4 == 0, "model.emb_size ({e}) must be a multiple of 4 with model.arch lightning");
+        // RoPE rotates pairs along each of the two axes, so a head splits in four as well.
+        ensure!(
+            !self.use_rope || (e / h) % 4 == 0,
+            "model.use_rope needs a head width (emb_size / head = {}) that is a multiple of 4",
+            e / h
+        );
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (name, value) in [
             ("img_size", self.img_size),
@@ -144,6 +243,7 @@ impl ModelConfig {
         ] {
             ensure!(value > 0, "model.{name} must be a positive integer, got {value}");
         }
+        self.validate_arch()?;
         let Some(ae) = self.autoencoder else {
             ensure!(
                 self.img_size % self.patch_size == 0,

@@ -30,6 +30,40 @@ impl Prediction {
     }
 }
 
+/// The diffusion process a model is trained on and sampled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Process {
+    /// DDPM (Ho et al. 2020): discrete steps 0…max_t−1 of a linear β schedule (the original's).
+    #[default]
+    Ddpm,
+    /// Flow matching on the linear path (SiT, Ma et al. 2024; LightningDiT): t in [0, 1],
+    /// x_t = t·x1 + (1 − t)·x0 with x1 the data and x0 the noise; the model predicts the
+    /// velocity x1 − x0 and sees t unscaled.
+    Flow,
+}
+
+impl Process {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ddpm => "ddpm",
+            Self::Flow => "flow",
+        }
+    }
+}
+
+/// How flow training draws t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSampling {
+    /// t ~ U[0, 1).
+    #[default]
+    Uniform,
+    /// t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024; LightningDiT's `use_lognorm`).
+    #[value(name = "logit_normal")]
+    LogitNormal,
+}
+
 /// The distance between the prediction and its target, averaged over the values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{CacheImages, Loss, LossWeighting};
+use super::{CacheImages, Loss, LossWeighting, Process};
 
 /// Training settings; the first six mirror the original's `config.py` and `train.py`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,11 @@ pub struct TrainConfig {
     pub loss_weighting: LossWeighting,
     /// γ of `min_snr`: the signal-to-noise ratio above which steps stop gaining weight.
     pub min_snr_gamma: f64,
+    /// Flow: add the mean over pixels of 1 − cos over channels between the predicted and the
+    /// true velocity (LightningDiT's `use_cosine_loss`) to the loss.
+    pub cosine_loss: bool,
+    /// Adam's β2 (PyTorch's default 0.999, the original's; LightningDiT trains with 0.95).
+    pub adam_beta2: f64,
     /// Log the `noise_prediction` and `target_noise` histograms (the model's output and its
     /// target, ε unless `diffusion.prediction` says otherwise) every this many steps.
     pub histogram_every: i64,
@@ -160,6 +165,10 @@ pub enum SamplerKind {
     #[serde(rename = "dpmpp_2m")]
     #[value(name = "dpmpp_2m")]
     DpmPP2m,
+    /// Flow: Euler's method on the probability-flow ODE from t = 0 (noise) to 1 (data).
+    Euler,
+    /// Flow: Heun's second-order method (torchdiffeq's `heun2`), two evaluations a step.
+    Heun,
 }
 
 impl SamplerKind {
@@ -169,7 +178,33 @@ impl SamplerKind {
             Self::Ddpm => "ddpm",
             Self::Ddim => "ddim",
             Self::DpmPP2m => "dpmpp_2m",
+            Self::Euler => "euler",
+            Self::Heun => "heun",
         }
+    }
+
+    /// The process whose models this sampler samples.
+    pub fn process(self) -> Process {
+        match self {
+            Self::Ddpm | Self::Ddim | Self::DpmPP2m => Process::Ddpm,
+            Self::Euler | Self::Heun => Process::Flow,
+        }
+    }
+
+    /// Refuses a sampler of the other process, in one line.
+    pub fn check_process(self, process: Process) -> Result<()> {
+        ensure!(
+            self.process() == process,
+            "the {} sampler samples {} models, and this one is a {} model; use {}",
+            self.name(),
+            self.process().name(),
+            process.name(),
+            match process {
+                Process::Ddpm => "ddpm, ddim or dpmpp_2m",
+                Process::Flow => "euler or heun",
+            }
+        );
+        Ok(())
     }
 
     /// The most steps this sampler takes on a schedule of `max_t` steps. DDPM and DDIM visit
@@ -181,6 +216,8 @@ impl SamplerKind {
         match self {
             Self::Ddpm | Self::Ddim => max_t,
             Self::DpmPP2m => (max_t - 1).max(1),
+            // Integration steps over [0, 1]: no schedule bounds them.
+            Self::Euler | Self::Heun => i64::MAX,
         }
     }
 
@@ -200,6 +237,7 @@ impl SamplerKind {
                 "dpmpp_2m takes at most {most} steps on a schedule of max_t = {max_t} (it evaluates the model at \
                  distinct steps above t = 0), got {steps}"
             ),
+            Self::Euler | Self::Heun => {}
         }
         Ok(())
     }
@@ -250,6 +288,8 @@ impl Default for TrainConfig {
             loss: Loss::L1,
             loss_weighting: LossWeighting::None,
             min_snr_gamma: 5.0,
+            cosine_loss: false,
+            adam_beta2: 0.999,
             histogram_every: 100,
             cache_images: CacheImages::Auto,
             cfg_dropout: 0.0,
@@ -329,6 +369,11 @@ impl TrainConfig {
             self.min_snr_gamma > 0.0 && self.min_snr_gamma.is_finite(),
             "train.min_snr_gamma must be a positive number, got {}",
             self.min_snr_gamma
+        );
+        ensure!(
+            self.adam_beta2 > 0.0 && self.adam_beta2 < 1.0,
+            "train.adam_beta2 must lie strictly between 0 and 1, got {}",
+            self.adam_beta2
         );
         ensure!(
             self.histogram_every > 0,

@@ -3,13 +3,15 @@
 //! (eq. 4), and the ancestral sampling step (Algorithm 2) with the original's clamp of x to
 //! [−1, 1] after every step. All tables are built with libtorch's own ops, in the original's
 //! order, so they equal PyTorch's bit for bit. What the model's output means is in
-//! `prediction`; the few-step DPM-Solver++ in `dpm_solver`.
+//! `prediction`; the few-step DPM-Solver++ in `dpm_solver`; flow matching, the other process a
+//! [`Schedule`] can stand for (`diffusion.process`), in `flow`.
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DiffusionConfig, Prediction};
+use crate::config::{DiffusionConfig, Prediction, Process};
 
 mod dpm_solver;
+pub mod flow;
 mod prediction;
 
 pub use dpm_solver::Previous;
@@ -34,6 +36,8 @@ pub struct Schedule {
     pub variance: Tensor,
     /// What the model trained on this schedule predicts.
     pub prediction: Prediction,
+    /// The process: DDPM on these tables, or flow matching (which uses none of them).
+    pub process: Process,
     /// The samplers' clamp of x and x̂0 to [−1, 1] (the original's, every step): on for
     /// pixels, which live there; off for normalised latents, which do not (about a third of
     /// their values lie outside), as latent DiTs sample without clipping ([`Self::unclipped`]).
@@ -58,6 +62,7 @@ impl Schedule {
             alphas_cumprod_prev,
             variance,
             prediction: cfg.prediction,
+            process: cfg.process,
             clip: true,
         }
     }

@@ -54,16 +54,16 @@ impl Dit {
         }
         let (tokens, cond) = self.stem(x, y, t);
         let cond_leaf = cond.detach().set_requires_grad(true);
-        let mut inputs = Vec::with_capacity(self.blocks().len());
+        let mut inputs = Vec::with_capacity(self.depth());
         let mut h = tokens.detach();
         tch::no_grad(|| {
-            for block in self.blocks() {
-                let next = block.forward(&h, &cond_leaf, &self.compute());
+            for i in 0..self.depth() {
+                let next = self.block(i, &h, &cond_leaf);
                 inputs.push(std::mem::replace(&mut h, next));
             }
         });
         let last = h.set_requires_grad(true);
-        let output = self.head(&last);
+        let output = self.head(&last, &cond_leaf);
         TrainingForward { output, recompute: Some(Recompute { tokens, cond, cond_leaf, inputs, last }) }
     }
 }
@@ -75,9 +75,9 @@ impl TrainingForward {
         loss.backward();
         let Some(r) = self.recompute else { return };
         let mut grad = r.last.grad();
-        for (block, input) in model.blocks().iter().zip(&r.inputs).rev() {
+        for (i, input) in r.inputs.iter().enumerate().rev() {
             let input = input.detach().set_requires_grad(true);
-            let out = block.forward(&input, &r.cond_leaf, &model.compute());
+            let out = model.block(i, &input, &r.cond_leaf);
             (out * &grad).sum(Kind::Float).backward();
             grad = input.grad();
         }

@@ -1,74 +1,54 @@
-//! `Dit`: patchify, time and label conditioning, the block stack, and the original's
-//! unpatchify (docs/ORIGINAL.md §3).
+//! `Dit`: the one model interface the trainer, the samplers and the checkpoints see, whichever
+//! network `model.arch` names (the original's [`Original`] or LightningDiT's [`Lightning`]),
+//! with how it computes ([`Compute`]) kept beside it. Each network is a stem (tokens and
+//! conditioning), a stack of blocks and a head; activation checkpointing
+//! (`super::checkpointing`) works on that split alone.
 
-use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{nn, Tensor};
 
 use super::compute::Compute;
-use super::dit_block::{cast, linear, MODULATION};
-use super::init;
-use super::{DiTBlock, TimeEmbedding};
-use crate::config::{ModelConfig, RuntimeConfig};
+use super::lightning::Lightning;
+use super::original::Original;
+use crate::config::{Arch, ModelConfig, RuntimeConfig};
+
+#[derive(Debug)]
+enum Net {
+    Original(Original),
+    Lightning(Lightning),
+}
 
 #[derive(Debug)]
 pub struct Dit {
-    conv: nn::Conv2D,
-    patch_emb: nn::Linear,
-    position_emb: Tensor,
-    time_emb: TimeEmbedding,
-    time_emb_1: nn::Linear,
-    time_emb_3: nn::Linear,
-    label_emb: nn::Embedding,
-    model_list: Vec<DiTBlock>,
-    ln: nn::LayerNorm,
-    linear: nn::Linear,
+    net: Net,
     cfg: ModelConfig,
     device: tch::Device,
     compute: Compute,
 }
 
 impl Dit {
-    /// The original's model under the default runtime (`attention: auto`, fp32); see
+    /// The model `cfg.arch` names, under the default runtime (`attention: auto`, fp32); see
     /// [`Dit::set_runtime`]. With `cfg.autoencoder` it is built on the latent's shape
     /// ([`ModelConfig::dit`]), which is then what [`Dit::config`] returns.
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Self {
-        let cfg = &cfg.dit();
-        let (c, p, e) = (cfg.channel, cfg.patch_size, cfg.emb_size);
-        let patch_dim = c * p * p;
-        let time_emb = vs / "time_emb";
-        let blocks = vs / "model_list";
-        Self {
-            // Created in the original's order, which is the order of the random draws.
-            conv: init::patchify_conv(vs / "conv", c, patch_dim, p),
-            patch_emb: init::linear(vs / "patch_emb", patch_dim, e),
-            // torch.rand: uniform in [0, 1), as the original initialises it.
-            position_emb: vs.var(
-                "position_emb",
-                &[1, cfg.tokens(), e],
-                nn::Init::Uniform { lo: 0.0, up: 1.0 },
-            ),
-            time_emb: TimeEmbedding::new(&time_emb / 0, e),
-            time_emb_1: init::linear(&time_emb / 1, e, e),
-            time_emb_3: init::linear(&time_emb / 3, e, e),
-            label_emb: nn::embedding(vs / "label_emb", cfg.label_rows(), e, Default::default()),
-            model_list: (0..cfg.dit_num).map(|i| DiTBlock::new(&blocks / i, cfg)).collect(),
-            ln: nn::layer_norm(vs / "ln", vec![e], Default::default()),
-            linear: init::linear(vs / "linear", e, patch_dim),
-            cfg: cfg.clone(),
-            device: vs.device(),
-            compute: Compute::resolve(&RuntimeConfig::default(), vs.device(), cfg.tokens()),
-        }
+        let cfg = cfg.dit();
+        let net = match cfg.arch {
+            Arch::Original => Net::Original(Original::new(vs, &cfg)),
+            Arch::Lightning => Net::Lightning(Lightning::new(vs, &cfg)),
+        };
+        let compute = Compute::resolve(&RuntimeConfig::default(), vs.device(), cfg.tokens());
+        Self { net, device: vs.device(), compute, cfg }
     }
 
     /// Gives every row of the label table the values of row 0 (`train.label_init = shared`).
     /// Draws nothing, so the random order of the initialisation stays the original's.
     pub fn share_label_rows(&self) {
-        let ws = &self.label_emb.ws;
+        let ws = match &self.net {
+            Net::Original(m) => m.label_table(),
+            Net::Lightning(m) => m.label_table(),
+        };
         let rows = ws.size()[0];
         if rows > 1 {
-            tch::no_grad(|| {
-                ws.narrow(0, 1, rows - 1).copy_(&ws.narrow(0, 0, 1).expand([rows - 1, -1], false))
-            });
+            tch::no_grad(|| ws.narrow(0, 1, rows - 1).copy_(&ws.narrow(0, 0, 1).expand([rows - 1, -1], false)));
         }
     }
 
@@ -86,90 +66,73 @@ impl Dit {
         &self.cfg
     }
 
-    /// x (B, C, I, I) float, y (B) int64 labels, t (B) int64 steps → predicted noise (B, C, I, I).
+    /// x (B, C, I, I) float, y (B) int64 labels, t (B) the process's times (DDPM: int64 steps;
+    /// flow: float in [0, 1]) → the prediction (B, C, I, I).
     pub fn forward(&self, x: &Tensor, y: &Tensor, t: &Tensor) -> Tensor {
         let (mut x, cond) = self.stem(x, y, t);
-        for block in &self.model_list {
-            x = block.forward(&x, &cond, &self.compute); // (B, L, E)
+        for i in 0..self.depth() {
+            x = self.block(i, &x, &cond); // (B, L, E)
         }
-        self.head(&x)
+        self.head(&x, &cond)
     }
 
-    /// The blocks, in order.
-    pub(super) fn blocks(&self) -> &[DiTBlock] {
-        &self.model_list
+    /// Blocks in the stack.
+    pub(super) fn depth(&self) -> usize {
+        match &self.net {
+            Net::Original(m) => m.depth(),
+            Net::Lightning(m) => m.depth(),
+        }
     }
 
     /// Everything before the blocks: the tokens (B, L, E) of x (B, C, I, I) and the
-    /// conditioning (B, E) of labels y and steps t.
+    /// conditioning (B, E) of labels y and times t.
     pub(super) fn stem(&self, x: &Tensor, y: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
-        let b = x.size()[0];
-        let (c, p) = (self.cfg.channel, self.cfg.patch_size);
-        let l = self.cfg.tokens();
-
-        let t_emb = self.time_emb.forward(t); // (B, E)
-        let t_emb = self.time_emb_3.forward(&self.time_emb_1.forward(&t_emb).relu()); // (B, E)
-        let cond = self.label_emb.forward(&y.to_kind(Kind::Int64)) + t_emb; // (B, E)
-
-        let x = self.conv.forward(x); // (B, C·p², P, P)
-        let x = x.permute([0, 2, 3, 1]).reshape([b, l, c * p * p]); // (B, L, C·p²), row-major patches
-        (self.patch_emb.forward(&x) + &self.position_emb, cond) // (B, L, E)
+        match &self.net {
+            Net::Original(m) => m.stem(x, y, t),
+            Net::Lightning(m) => m.stem(x, y, t),
+        }
     }
 
-    /// Everything after the blocks: their output (B, L, E) → predicted noise (B, C, I, I).
-    pub(super) fn head(&self, x: &Tensor) -> Tensor {
-        let b = x.size()[0];
-        let (c, p, pp) = (self.cfg.channel, self.cfg.patch_size, self.cfg.patches_per_side());
-        let x = cast(&linear(&self.linear, &cast(&self.ln.forward(x), self.compute.dtype)), Kind::Float); // (B, L, C·p²)
+    /// Block `i` on the tokens x (B, L, E) under the conditioning (B, E).
+    pub(super) fn block(&self, i: usize, x: &Tensor, cond: &Tensor) -> Tensor {
+        match &self.net {
+            Net::Original(m) => m.block(i, x, cond, &self.compute),
+            Net::Lightning(m) => m.block(i, x, cond, &self.compute),
+        }
+    }
 
-        // Unpatchify as the original writes it: channel fastest within a patch, then
-        // (B, C, P, p, P, p). This is not the inverse of the conv's channel order; keep it.
-        x.view([b, pp, pp, p, p, c])
-            .permute([0, 5, 1, 3, 2, 4]) // (B, C, P, p, P, p)
-            .reshape([b, c, pp * p, pp * p]) // (B, C, I, I)
+    /// Everything after the blocks: their output (B, L, E) → the prediction (B, C, I, I).
+    pub(super) fn head(&self, x: &Tensor, cond: &Tensor) -> Tensor {
+        match &self.net {
+            Net::Original(m) => m.head(x, &self.compute),
+            Net::Lightning(m) => m.head(x, cond, &self.compute),
+        }
     }
 }
 
-/// The model as PyTorch prints it (`print(model)` in the original's train.py).
+/// The model as PyTorch prints it (the original's `print(model)`); LightningDiT's in outline.
 impl std::fmt::Display for Dit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = &self.cfg;
-        let (e, p, pd, he) = (c.emb_size, c.patch_size, c.channel * c.patch_size.pow(2), c.head * c.emb_size);
-        let lin = |i: i64, o: i64| format!("Linear(in_features={i}, out_features={o}, bias=True)");
-        let ln = format!("LayerNorm(({e},), eps=1e-05, elementwise_affine=True)");
-        writeln!(f, "DIT(")?;
-        writeln!(f, "  (conv): Conv2d({}, {pd}, kernel_size=({p}, {p}), stride=({p}, {p}))", c.channel)?;
-        writeln!(f, "  (patch_emb): {}", lin(pd, e))?;
-        writeln!(f, "  (time_emb): Sequential(")?;
-        writeln!(f, "    (0): TimeEmbedding(")?;
-        writeln!(f, "      (mlp): Sequential(")?;
-        writeln!(f, "        (0): {}", lin(super::time_embedding::TIME_FEATURES, e))?;
-        writeln!(f, "        (1): ReLU()")?;
-        writeln!(f, "        (2): {}", lin(e, e))?;
-        writeln!(f, "      )\n    )")?;
-        writeln!(f, "    (1): {}\n    (2): ReLU()\n    (3): {}\n  )", lin(e, e), lin(e, e))?;
-        writeln!(f, "  (label_emb): Embedding({}, {e})", c.label_rows())?;
-        writeln!(f, "  (model_list): ModuleList(")?;
-        writeln!(f, "    (0-{}): {} x DiTBlock(", c.dit_num - 1, c.dit_num)?;
-        for m in MODULATION {
-            writeln!(f, "      ({m}): {}", lin(e, e))?;
+        match &self.net {
+            Net::Original(m) => m.fmt(f),
+            Net::Lightning(_) => {
+                let c = &self.cfg;
+                let on: Vec<&str> = c.switches().iter().filter(|(_, v)| *v).map(|(n, _)| *n).collect();
+                write!(
+                    f,
+                    "LightningDiT(input_size={}, patch_size={}, in_channels={}, hidden_size={}, depth={}, \
+                     num_heads={}, mlp_ratio={}, num_classes={}, {})",
+                    c.img_size,
+                    c.patch_size,
+                    c.channel,
+                    c.emb_size,
+                    c.dit_num,
+                    c.head,
+                    c.mlp_ratio,
+                    c.label_num,
+                    if on.is_empty() { "no switches".to_string() } else { on.join(", ") }
+                )
+            }
         }
-        writeln!(f, "      (ln_1): {ln}")?;
-        for m in ["q_emb", "k_emb", "v_emb"] {
-            writeln!(f, "      ({m}): {}", lin(e, he))?;
-        }
-        writeln!(f, "      (linear_back): {}", lin(he, e))?;
-        writeln!(f, "      (ln_2): {ln}")?;
-        writeln!(f, "      (feed_forward): Sequential(")?;
-        writeln!(
-            f,
-            "        (0): {}\n        (1): ReLU()\n        (2): {}\n      )",
-            lin(e, 4 * e),
-            lin(4 * e, e)
-        )?;
-        writeln!(f, "    )\n  )")?;
-        writeln!(f, "  (ln): {ln}")?;
-        writeln!(f, "  (linear): {}", lin(e, pd))?;
-        write!(f, ")")
     }
 }

@@ -19,6 +19,9 @@ impl GraphNode {
 /// The DiT's module hierarchy and data flow as GraphDef nodes, named by the original's
 /// attribute paths (`DIT/model_list/0/q_emb`), for TensorBoard's Graphs tab.
 pub fn dit_graph(cfg: &crate::config::ModelConfig) -> Vec<GraphNode> {
+    if cfg.arch == crate::config::Arch::Lightning {
+        return lightning_graph(cfg);
+    }
     let mut g = vec![
         GraphNode::new("input/x", "Placeholder", &[]),
         GraphNode::new("input/y", "Placeholder", &[]),
@@ -70,5 +73,35 @@ pub fn dit_graph(cfg: &crate::config::ModelConfig) -> Vec<GraphNode> {
     g.push(GraphNode::new("DIT/linear", "Linear", &["DIT/ln"]));
     g.push(GraphNode::new("DIT/unpatchify", "ReshapePermute", &["DIT/linear"]));
     g.push(GraphNode::new("output", "Identity", &["DIT/unpatchify"]));
+    g
+}
+
+/// LightningDiT's modules and data flow, named by its attribute paths, one node per module.
+fn lightning_graph(cfg: &crate::config::ModelConfig) -> Vec<GraphNode> {
+    let n = |name: &str, op: &str, inputs: &[&str]| GraphNode::new(format!("LightningDiT/{name}"), op, inputs);
+    let mut g = vec![
+        GraphNode::new("input/x", "Placeholder", &[]),
+        GraphNode::new("input/y", "Placeholder", &[]),
+        GraphNode::new("input/t", "Placeholder", &[]),
+        n("x_embedder/proj", "Conv2d", &["input/x"]),
+        n("pos_embed", "Buffer", &[]),
+        n("tokens", "Add", &["LightningDiT/x_embedder/proj", "LightningDiT/pos_embed"]),
+        n("t_embedder", "TimestepEmbedder", &["input/t"]),
+        n("y_embedder", "Embedding", &["input/y"]),
+        n("c", "Add", &["LightningDiT/t_embedder", "LightningDiT/y_embedder"]),
+    ];
+    let mut x = "LightningDiT/tokens".to_string();
+    for i in 0..cfg.dit_num {
+        let b = format!("blocks/{i}");
+        g.push(n(&format!("{b}/adaLN_modulation"), "SiLULinear", &["LightningDiT/c"]));
+        let ada = format!("LightningDiT/{b}/adaLN_modulation");
+        g.push(n(&format!("{b}/attn"), "Attention", &[&x, &ada]));
+        let attn = format!("LightningDiT/{b}/attn");
+        g.push(n(&format!("{b}/mlp"), if cfg.use_swiglu { "SwiGLUFFN" } else { "Mlp" }, &[&attn, &ada]));
+        x = format!("LightningDiT/{b}/mlp");
+    }
+    g.push(n("final_layer", "FinalLayer", &[&x, "LightningDiT/c"]));
+    g.push(n("unpatchify", "ReshapePermute", &["LightningDiT/final_layer"]));
+    g.push(GraphNode::new("output", "Identity", &["LightningDiT/unpatchify"]));
     g
 }

@@ -58,6 +58,8 @@ pub(super) fn preview(tr: &Trainer, tb: &mut Logger, epoch: i64, png: Option<Pat
         eta: sampling::DEFAULT_DDIM_ETA,
         keep,
         guidance: None,
+        shift: None,
+        cfg_interval_start: None,
     };
     // The same noise every time, so previews show training progress, not new draws.
     tch::manual_seed(step_seed(tr.meta.seed, -2));

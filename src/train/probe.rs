@@ -47,6 +47,8 @@ impl Probe {
             eta: sampling::DEFAULT_DDIM_ETA,
             keep: vec![],
             guidance: None,
+            shift: None,
+            cfg_interval_start: None,
         };
         let (images, _) = {
             let _ema = tr.ema.as_ref().map(|ema| EmaSwap::new(&tr.params, ema));

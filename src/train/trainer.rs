@@ -17,9 +17,9 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 use super::objective::objective_loss;
 use crate::autoencoder::LatentDecoder;
 use crate::checkpoint::{self, state, state::TrainMeta};
-use crate::config::{Config, LabelInit, LossWeighting};
+use crate::config::{Config, LabelInit, LossWeighting, Process};
 use crate::data;
-use crate::diffusion::Schedule;
+use crate::diffusion::{flow, Schedule};
 use crate::model::TrainingForward;
 use crate::optim::{self, Adam, Ema};
 use crate::rng::step_seed;
@@ -28,9 +28,9 @@ use crate::Dit;
 /// The random draws of one step.
 #[derive(Debug)]
 pub struct Draws {
-    /// Diffusion steps (B) int64.
+    /// Diffusion steps (B) int64; under flow, times in [0, 1] (B) float32.
     pub t: Tensor,
-    /// ε (B, C, I, I) float32.
+    /// ε (B, C, I, I) float32 (flow's x0).
     pub noise: Tensor,
     /// Labels replaced by the "no label" row (B) bool, when `train.cfg_dropout` > 0.
     pub drop: Option<Tensor>,
@@ -100,7 +100,8 @@ impl Trainer {
         model.set_runtime(&cfg.runtime);
         let (names, params): (Vec<String>, Vec<Tensor>) =
             checkpoint::named_variables(&vs).into_iter().unzip();
-        let adam = Adam::new(&params);
+        let mut adam = Adam::new(&params);
+        adam.beta2 = cfg.train.adam_beta2;
         let ema = (cfg.train.ema_decay > 0.0).then(|| Ema::new(&params, cfg.train.ema_decay));
         let schedule = Schedule::new(&cfg.diffusion, device).for_space(cfg.model.autoencoder);
         Self { device, vs, model, names, params, adam, ema, schedule, meta, weights_path, latent: None }
@@ -122,7 +123,11 @@ impl Trainer {
     pub fn draws(&self, b: i64) -> Draws {
         tch::manual_seed(step_seed(self.meta.seed, self.meta.step));
         let m = &self.config().model;
-        let t = Tensor::randint(self.schedule.max_t, [b], (Kind::Int64, Device::Cpu)).to_device(self.device);
+        let t = match self.schedule.process {
+            Process::Ddpm => Tensor::randint(self.schedule.max_t, [b], (Kind::Int64, Device::Cpu)),
+            Process::Flow => flow::draw_times(self.config().diffusion.timestep_sampling, b),
+        }
+        .to_device(self.device);
         let noise = Tensor::randn(m.input_shape(b), (Kind::Float, self.device));
         let p = self.config().train.cfg_dropout;
         let drop =
@@ -198,6 +203,8 @@ impl Trainer {
     /// the step's draws. x0 = image·2 − 1, x_t by DDPM eq. 4, the dropped labels replaced by
     /// the "no label" row, and the mean absolute error between ε and the prediction over the
     /// slice's values (by default; else the target, distance and weighting the config names).
+    /// Under flow, x_t on the linear path and the distance to the velocity, plus the cosine
+    /// loss when `train.cosine_loss` asks.
     /// Every path that trains (one process, data-parallel ranks, each micro-batch) calls this.
     /// Returns the loss, the forward pass and the target (detached).
     pub(super) fn slice_loss(
@@ -210,15 +217,26 @@ impl Trainer {
             None => data::to_model_range(&images.to_device(self.device)), // (B, C, I, I)
             Some(d) => d.stats().normalise(&images.to_device(self.device)), // (B, C, h, w)
         };
-        let c = self.schedule.coefficients(&draws.t);
-        let xt = c.noised(&x0, &draws.noise);
         let labels = labels.to_device(self.device);
         let labels = match &draws.drop {
             Some(drop) => labels.masked_fill(drop, self.config().model.label_num),
             None => labels,
         };
-        let forward = self.model.forward_for_training(&xt, &labels, &draws.t);
         let train = &self.config().train;
+        if self.schedule.process == Process::Flow {
+            // The data is the path's x1 and ε its x0 (crate::diffusion::flow).
+            let xt = flow::interpolate(&x0, &draws.noise, &draws.t);
+            let forward = self.model.forward_for_training(&xt, &labels, &draws.t);
+            let target = flow::velocity(&x0, &draws.noise);
+            let mut loss = objective_loss(&forward.output, &target, train.loss, None);
+            if train.cosine_loss {
+                loss = loss + flow::cosine_loss(&forward.output, &target);
+            }
+            return (loss, forward, target);
+        }
+        let c = self.schedule.coefficients(&draws.t);
+        let xt = c.noised(&x0, &draws.noise);
+        let forward = self.model.forward_for_training(&xt, &labels, &draws.t);
         let prediction = self.schedule.prediction;
         let target = prediction.target(&x0, &draws.noise, &c);
         let weights = match train.loss_weighting {
