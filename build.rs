@@ -55,6 +55,19 @@ fn main() {
         println!("cargo:rustc-env=DIT_TAEF2={}", dir.display());
     }
 
+    // LightningDiT's published model and transport, read in place the same way by
+    // tests/lightning.rs; without them its exchange tests are reported as ignored.
+    println!("cargo::rustc-check-cfg=cfg(dit_lightningdit)");
+    println!("cargo:rerun-if-env-changed=DIT_LIGHTNINGDIT");
+    let lightningdit = env::var("DIT_LIGHTNINGDIT").map(PathBuf::from).into_iter().chain([
+        manifest.join("../shared/models/lightningdit"),
+        PathBuf::from("/work/shared/models/lightningdit"),
+    ]);
+    if let Some(dir) = lightningdit.into_iter().find(|p| p.join("models/lightningdit.py").is_file()) {
+        println!("cargo:rustc-cfg=dit_lightningdit");
+        println!("cargo:rustc-env=DIT_LIGHTNINGDIT={}", dir.display());
+    }
+
     cpp(&libtorch)
         .file("src/checkpoint/pth/writer.cpp")
         .file("src/torch_flags.cpp")
