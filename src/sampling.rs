@@ -13,8 +13,8 @@ use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
-pub use crate::config::SamplerKind;
 use crate::config::Process;
+pub use crate::config::SamplerKind;
 use crate::diffusion::{flow, Previous, Schedule};
 use crate::Dit;
 
@@ -126,7 +126,7 @@ impl SampleOptions {
     }
 
     /// The flow-only options are for flow samplers, with values in range.
-    fn check_flow_options(&self) -> Result<()> {
+    pub fn check_flow_options(&self) -> Result<()> {
         let flow = self.sampler.process() == Process::Flow;
         if let Some(s) = self.shift {
             ensure!(flow, "the timestep shift applies to the flow samplers (euler, heun)");
@@ -291,7 +291,9 @@ fn step(
             *previous = Some((x0, t));
             x_next
         }
-        SamplerKind::Euler | SamplerKind::Heun => unreachable!("check_process sends flow samplers to flow_walk"),
+        SamplerKind::Euler | SamplerKind::Heun => {
+            unreachable!("check_process sends flow samplers to flow_walk")
+        }
     }
 }
 

@@ -82,7 +82,15 @@ fn guidance_weight_zero_is_unconditional_and_one_is_conditional() {
     let model = Dit::new(&vs.root(), &m);
     let schedule = Schedule::new(&cfg.diffusion, Device::Cpu);
     let run = |label: i64, guidance: Option<f64>| {
-        let opts = SampleOptions { sampler: SamplerKind::Ddim, steps: 10, eta: 0.0, keep: vec![], guidance, shift: None, cfg_interval_start: None };
+        let opts = SampleOptions {
+            sampler: SamplerKind::Ddim,
+            steps: 10,
+            eta: 0.0,
+            keep: vec![],
+            guidance,
+            shift: None,
+            cfg_interval_start: None,
+        };
         tch::manual_seed(3);
         let noise = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
         let labels = Tensor::full([2], label, (Kind::Int64, Device::Cpu));

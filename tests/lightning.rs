@@ -23,7 +23,8 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 const TINY: &str = r#""arch": "lightning", "img_size": 8, "patch_size": 2, "channel": 4, "emb_size": 32,
     "head": 2, "dit_num": 2, "label_num": 3, "null_label": true"#;
 
-const SWITCHES: [&str; 6] = ["use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift", "learn_sigma"];
+const SWITCHES: [&str; 6] =
+    ["use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift", "learn_sigma"];
 
 fn model_config(switches: &[&str]) -> ModelConfig {
     let on: String = switches.iter().map(|s| format!(r#", "{s}": true"#)).collect();
@@ -97,7 +98,11 @@ fn forward_matches_the_published_class_with_switches_off_each_alone_and_all_on()
         let (x, t, y) = {
             let _rng = rng_lock();
             tch::manual_seed(i as i64);
-            (randn(&[3, 4, 8, 8]), Tensor::rand([3], (Kind::Float, Device::Cpu)), Tensor::from_slice(&[0i64, 2, 3]))
+            (
+                randn(&[3, 4, 8, 8]),
+                Tensor::rand([3], (Kind::Float, Device::Cpu)),
+                Tensor::from_slice(&[0i64, 2, 3]),
+            )
         };
         let inputs = dir.path().join("in.safetensors");
         Tensor::write_safetensors(&[("x", &x), ("t", &t), ("y", &y)], &inputs).unwrap();
@@ -136,11 +141,8 @@ fn the_training_loss_matches_the_published_transport_on_the_same_x1_x0_and_t() {
     let _rng = rng_lock();
     tch::manual_seed(11);
     let images = Tensor::randint(256, [4, 4, 8, 8], (Kind::Uint8, Device::Cpu));
-    let draws = Draws {
-        t: Tensor::rand([4], (Kind::Float, Device::Cpu)),
-        noise: randn(&[4, 4, 8, 8]),
-        drop: None,
-    };
+    let draws =
+        Draws { t: Tensor::rand([4], (Kind::Float, Device::Cpu)), noise: randn(&[4, 4, 8, 8]), drop: None };
     let labels = Tensor::from_slice(&[0i64, 1, 2, 1]);
     let meta = TrainMeta::fresh(1, vec!["a".into(), "b".into(), "c".into()], cfg.clone());
     let mut trainer = Trainer::new(meta, Device::Cpu, dir.path().join("w.safetensors"));
@@ -184,7 +186,8 @@ fn euler_and_heun_samples_match_the_published_sampler_with_and_without_guidance_
     ];
     for (sampler, method, steps, shift, cfg_scale, start) in cases {
         let out = dir.path().join("sample.safetensors");
-        let mut args = vec!["--weights".to_string(), p(&weights).into(), "--inputs".into(), p(&inputs).into()];
+        let mut args =
+            vec!["--weights".to_string(), p(&weights).into(), "--inputs".into(), p(&inputs).into()];
         args.extend(["--out".into(), p(&out).into(), "--steps".into(), steps.to_string(), "--method".into()]);
         args.push(method.into());
         args.extend(shift.map(|s: f64| ["--timestep-shift".into(), s.to_string()]).into_iter().flatten());
@@ -238,4 +241,89 @@ fn weights_trained_here_load_strictly_into_the_published_class_and_compute_alike
     let got = tch::no_grad(|| model.forward(&x, &y, &t));
     let d = max_abs(&got, &read(&py)["out"]);
     assert!(d < 1e-5, "max abs difference {d}");
+}
+
+/// LightningDiT's whole recipe on a 16-image folder with every training feature this project
+/// adds: classes dropped for guidance, two accumulated micro-batches, blocks recomputed in the
+/// backward pass, EMA, previews and the quality probe every epoch (two steps).
+const RECIPE: &str = r#"{
+  "model": {"arch": "lightning", "emb_size": 32, "head": 2, "dit_num": 2, "use_rope": true, "use_swiglu": true,
+            "use_rmsnorm": true, "use_qknorm": true, "wo_shift": true},
+  "diffusion": {"process": "flow", "timestep_sampling": "logit_normal"},
+  "train": {"loss": "l2", "cosine_loss": true, "adam_beta2": 0.95, "batch_size": 4, "grad_accum_steps": 2,
+            "cfg_dropout": 0.25, "ema_decay": 0.9, "data_path": "imgs",
+            "preview": {"sampler": "heun", "steps": 3, "every_epochs": 1, "num": 4},
+            "eval": {"every_epochs": 1, "num": 16}},
+  "runtime": {"activation_checkpointing": "blocks"}
+}"#;
+
+#[test]
+fn a_flow_lightning_run_resumes_bit_for_bit_and_its_weights_sample_without_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::panda_folder(d);
+    let cfg = common::write_tiny_config(d, "recipe.json", &[RECIPE]);
+    let train = |name: &str, steps: &str| {
+        let args = [
+            "--config",
+            p(&cfg),
+            "--device",
+            "cpu",
+            "--seed",
+            "9",
+            "--checkpoint",
+            name,
+            "--max-steps",
+            steps,
+        ];
+        String::from_utf8_lossy(&run_ok(env!("CARGO_BIN_EXE_train"), d, &args).stdout).to_string()
+    };
+    let whole = train("one/w.safetensors", "6");
+    assert!(whole.contains("sample quality: SWD"), "no quality probe:\n{whole}");
+    train("two/w.safetensors", "3");
+    assert!(train("two/w.safetensors", "6").contains("at step 3"));
+    let (a, b) = (
+        dit::checkpoint::state::load(&d.join("one/w.safetensors.state.safetensors")).unwrap(),
+        dit::checkpoint::state::load(&d.join("two/w.safetensors.state.safetensors")).unwrap(),
+    );
+    assert_eq!((a.meta.step, b.meta.step), (6, 6));
+    for g in dit::checkpoint::state::GROUPS {
+        for (name, t) in a.group(g).unwrap() {
+            assert!(t.equal(&b.group(g).unwrap()[name]), "{g}.{name} differs after the restart");
+        }
+    }
+    assert!(d.join("one/w.safetensors.preview.png").is_file(), "no preview");
+
+    // The weight file alone (no state, no config beside it) records what sampling needs.
+    let alone = d.join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    std::fs::copy(d.join("one/w.safetensors"), alone.join("w.safetensors")).unwrap();
+    let sample = |args: &[&str]| common::run_bin(env!("CARGO_BIN_EXE_sample"), &alone, args);
+    let base = ["--checkpoint", "w.safetensors", "--num", "2", "--device", "cpu"];
+    let ok = sample(&[&base[..], &["--steps", "3", "--guidance", "2", "--timestep-shift", "0.5"]].concat());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("with euler (3 steps"));
+    assert!(alone.join("samples.png").is_file());
+    let ddim = common::refusal(&sample(&[&base[..], &["--sampler", "ddim"]].concat()));
+    assert!(ddim.contains("ddim") && ddim.contains("flow model") && ddim.contains("euler or heun"), "{ddim}");
+}
+
+#[test]
+fn ddpm_models_refuse_the_flow_samplers_and_flow_only_options_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg =
+        common::write_tiny_config(d, "tiny.json", &[r#"{"train": {"model_save_path": "w.safetensors"}}"#]);
+    run_ok(env!("CARGO_BIN_EXE_train"), d, &["--config", p(&cfg), "--max-steps", "1"]);
+    let sample = |extra: &[&str]| {
+        let args = [&["--checkpoint", "w.safetensors", "--num", "1", "--device", "cpu"][..], extra].concat();
+        common::refusal(&common::run_bin(env!("CARGO_BIN_EXE_sample"), d, &args))
+    };
+    let heun = sample(&["--sampler", "heun"]);
+    assert!(
+        heun.contains("heun") && heun.contains("ddpm model") && heun.contains("ddpm, ddim or dpmpp_2m"),
+        "{heun}"
+    );
+    let shift = sample(&["--sampler", "ddim", "--timestep-shift", "0.3"]);
+    assert!(shift.contains("timestep shift") && shift.contains("flow samplers"), "{shift}");
 }

@@ -268,9 +268,27 @@ fn a_checkpoint_of_another_model_or_a_corrupt_state_is_refused_untouched() {
     write_tiny_config(d, "other.json", &[ENDLESS, r#"{"model": {"emb_size": 24}}"#]);
     let other = ["--config", "other.json", "--device", "cpu"];
     let out = run_bin(env!("CARGO_BIN_EXE_train"), d, &[&other[..], &base].concat());
-    assert!(one_line_error(&out).contains("different model section"));
+    let line = one_line_error(&out);
+    assert!(line.contains("model.emb_size = 16") && line.contains("now says 24"), "{line}");
     assert_eq!(std::fs::read(&state).unwrap(), saved, "the state file changed");
     assert!(std::fs::read(d.join("w.safetensors")).unwrap() == weights, "the weights changed");
+
+    // Another block, and another process: each named with its values.
+    for (change, said) in [
+        (
+            r#"{"model": {"arch": "lightning"}}"#,
+            r#"model.arch = "original", and the config now says "lightning""#,
+        ),
+        (
+            r#"{"diffusion": {"process": "flow"}, "train": {"preview": {"sampler": "euler"}}}"#,
+            r#"diffusion.process = "ddpm", and the config now says "flow""#,
+        ),
+    ] {
+        write_tiny_config(d, "other.json", &[ENDLESS, change]);
+        let line = one_line_error(&run_bin(env!("CARGO_BIN_EXE_train"), d, &[&other[..], &base].concat()));
+        assert!(line.contains(said), "{change}: {line}");
+        assert_eq!(std::fs::read(&state).unwrap(), saved, "{change}: the state file changed");
+    }
 
     // A truncated state file.
     let truncated = &saved[..saved.len() / 2];

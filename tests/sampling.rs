@@ -57,7 +57,15 @@ fn noise(seed: i64, n: i64) -> Tensor {
 
 fn run(model: &Dit, (sampler, eta): (SamplerKind, f64), steps: i64, seed: i64) -> Tensor {
     let schedule = Schedule::new(&tiny_config().diffusion, Device::Cpu);
-    let opts = SampleOptions { sampler, steps, eta, keep: vec![], guidance: None, shift: None, cfg_interval_start: None };
+    let opts = SampleOptions {
+        sampler,
+        steps,
+        eta,
+        keep: vec![],
+        guidance: None,
+        shift: None,
+        cfg_interval_start: None,
+    };
     let labels = Tensor::from_slice(&[0i64, 1]);
     sampling::sample(model, &schedule, &opts, noise(seed, 2), &labels, &mut |_, _| {}).unwrap().0
 }
@@ -190,14 +198,29 @@ fn sample_keeps_the_states_asked_for() {
             sampling::sample(&model, &schedule, &opts, noise(8, 2), labels, &mut |_, _| {}).unwrap_err()
         )
     };
-    let ddim =
-        |steps, keep| SampleOptions { sampler: SamplerKind::Ddim, steps, eta: 0.0, keep, guidance: None, shift: None, cfg_interval_start: None };
+    let ddim = |steps, keep| SampleOptions {
+        sampler: SamplerKind::Ddim,
+        steps,
+        eta: 0.0,
+        keep,
+        guidance: None,
+        shift: None,
+        cfg_interval_start: None,
+    };
     assert!(bad(ddim(5, vec![6]), &labels).contains("state 6"));
     assert!(bad(ddim(5, vec![]), &Tensor::from_slice(&[0i64, 2])).contains("label 2"));
     assert!(bad(ddim(0, vec![]), &labels).contains("at least 1"));
     assert!(bad(ddim(51, vec![]), &labels).contains("max_t"));
     assert!(bad(
-        SampleOptions { sampler: SamplerKind::Ddpm, steps: 10, eta: 0.0, keep: vec![], guidance: None, shift: None, cfg_interval_start: None },
+        SampleOptions {
+            sampler: SamplerKind::Ddpm,
+            steps: 10,
+            eta: 0.0,
+            keep: vec![],
+            guidance: None,
+            shift: None,
+            cfg_interval_start: None
+        },
         &labels
     )
     .contains("ddim"));
@@ -402,7 +425,15 @@ fn point_oracle<'a>(
 }
 
 fn dpm(steps: i64, keep: Vec<i64>) -> SampleOptions {
-    SampleOptions { sampler: SamplerKind::DpmPP2m, steps, eta: 0.0, keep, guidance: None, shift: None, cfg_interval_start: None }
+    SampleOptions {
+        sampler: SamplerKind::DpmPP2m,
+        steps,
+        eta: 0.0,
+        keep,
+        guidance: None,
+        shift: None,
+        cfg_interval_start: None,
+    }
 }
 
 #[test]
@@ -490,7 +521,15 @@ fn every_sampler_lands_on_the_point_of_a_point_mass_oracle_for_every_prediction(
             [(SamplerKind::Ddpm, 1000, 0.0), (SamplerKind::Ddim, 50, 1.0), (SamplerKind::Ddim, 50, 0.0)]
         {
             let mut oracle = point_oracle(&s, &point);
-            let opts = SampleOptions { sampler, steps, eta, keep: vec![], guidance: None, shift: None, cfg_interval_start: None };
+            let opts = SampleOptions {
+                sampler,
+                steps,
+                eta,
+                keep: vec![],
+                guidance: None,
+                shift: None,
+                cfg_interval_start: None,
+            };
             let (x, _) = sampling::sample_with(&s, &opts, noise.copy(), &mut oracle, &mut |_, _| {}).unwrap();
             // DDPM's last step (s = 0) and DDIM's return the x̂0 the oracle implies.
             let err = max_abs_diff(&x, &point);
@@ -510,7 +549,15 @@ fn every_sampler_at_1_2_t_minus_1_and_t_steps_gives_finite_samples_or_one_line()
         for sampler in [SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::DpmPP2m] {
             for steps in [1, 2, max_t - 1, max_t] {
                 let mut oracle = gaussian_oracle(&s, 0.1, 0.3);
-                let opts = SampleOptions { sampler, steps, eta: 1.0, keep: vec![], guidance: None, shift: None, cfg_interval_start: None };
+                let opts = SampleOptions {
+                    sampler,
+                    steps,
+                    eta: 1.0,
+                    keep: vec![],
+                    guidance: None,
+                    shift: None,
+                    cfg_interval_start: None,
+                };
                 let what = format!("{prediction:?} {sampler:?} {steps} steps");
                 // DDPM takes all T steps only; DPM-Solver++ at most T − 1 (distinct steps above 0).
                 let runs = match sampler {

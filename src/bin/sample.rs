@@ -154,6 +154,7 @@ fn run(args: &Args) -> Result<()> {
         shift: args.timestep_shift,
         cfg_interval_start: args.cfg_interval_start,
     };
+    opts.check_flow_options()?;
     let request = Request { num: args.num, label, seed: args.seed, batch_size };
     let decoder = latent_decoder(&loaded, args.autoencoder_dir.as_deref(), device)?;
     let (images, kept) = generate::generate(&loaded, &opts, &request, device, decoder.as_ref())?;

@@ -257,6 +257,36 @@ mod tests {
     }
 
     #[test]
+    fn recipe_fields_are_refused_where_they_do_not_apply_naming_the_field() {
+        let switch = err(r#"{"model": {"use_rope": true}}"#);
+        assert!(switch.contains("model.use_rope") && switch.contains("lightning"), "{switch}");
+        assert!(err(r#"{"model": {"mlp_ratio": 2.0}}"#).contains("model.mlp_ratio"));
+        let lightning = r#""arch": "lightning", "img_size": 32, "emb_size": 64, "head": 6"#;
+        assert!(err(&format!(r#"{{"model": {{{lightning}}}}}"#)).contains("multiple of model.head"));
+        let rope = err(r#"{"model": {"arch": "lightning", "emb_size": 24, "head": 4, "use_rope": true}}"#);
+        assert!(rope.contains("model.use_rope") && rope.contains("6"), "{rope}");
+        let flow = r#""process": "flow""#;
+        let euler = r#""preview": {"sampler": "euler"}"#;
+        let prediction =
+            err(&format!(r#"{{"diffusion": {{{flow}, "prediction": "x0"}}, "train": {{{euler}}}}}"#));
+        assert!(prediction.contains("diffusion.prediction"), "{prediction}");
+        assert!(err(r#"{"diffusion": {"timestep_sampling": "logit_normal"}}"#).contains("timestep_sampling"));
+        assert!(err(r#"{"train": {"cosine_loss": true}}"#).contains("train.cosine_loss"));
+        let preview = err(&format!(r#"{{"diffusion": {{{flow}}}}}"#));
+        assert!(preview.contains("train.preview.sampler") && preview.contains("euler or heun"), "{preview}");
+        let back = err(r#"{"train": {"preview": {"sampler": "heun"}}}"#);
+        assert!(back.contains("train.preview.sampler") && back.contains("ddpm model"), "{back}");
+        assert!(err(r#"{"train": {"adam_beta2": 1.0}}"#).contains("train.adam_beta2"));
+        let ok = format!(
+            r#"{{"model": {{"arch": "lightning", "head": 4, "use_rope": true, "learn_sigma": true}},
+                "diffusion": {{{flow}, "timestep_sampling": "logit_normal"}},
+                "train": {{"cosine_loss": true, "loss": "l2", {euler}}}}}"#
+        );
+        let c = Config::from_json(&ok).unwrap();
+        assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
     fn legacy_model_fields_move_to_runtime() {
         let c = Config::from_json(r#"{"model": {"attention": "naive", "precision": "bf16"}}"#).unwrap();
         assert_eq!(

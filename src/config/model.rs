@@ -209,7 +209,9 @@ impl ModelConfig {
         );
         if self.arch == Arch::Original {
             if let Some((name, _)) = self.switches().into_iter().find(|(_, on)| *on) {
-                anyhow::bail!("model.{name} is a switch of model.arch \"lightning\"; the original's model has none");
+                anyhow::bail!(
+                    "model.{name} is a switch of model.arch \"lightning\"; the original's model has none"
+                );
             }
             ensure!(
                 self.mlp_ratio == 4.0,
@@ -219,7 +221,10 @@ impl ModelConfig {
             return Ok(());
         }
         let (e, h) = (self.emb_size, self.head);
-        ensure!(e % h == 0, "model.emb_size ({e}) must be a multiple of model.head ({h}) with model.arch lightning");
+        ensure!(
+            e % h == 0,
+            "model.emb_size ({e}) must be a multiple of model.head ({h}) with model.arch lightning"
+        );
         // The fixed sine-cosine positions split the width in four (two axes, sine and cosine).
         ensure!(e % 4 == 0, "model.emb_size ({e}) must be a multiple of 4 with model.arch lightning");
         // RoPE rotates pairs along each of the two axes, so a head splits in four as well.

@@ -48,7 +48,9 @@ impl Dit {
         };
         let rows = ws.size()[0];
         if rows > 1 {
-            tch::no_grad(|| ws.narrow(0, 1, rows - 1).copy_(&ws.narrow(0, 0, 1).expand([rows - 1, -1], false)));
+            tch::no_grad(|| {
+                ws.narrow(0, 1, rows - 1).copy_(&ws.narrow(0, 0, 1).expand([rows - 1, -1], false))
+            });
         }
     }
 

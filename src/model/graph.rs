@@ -78,7 +78,8 @@ pub fn dit_graph(cfg: &crate::config::ModelConfig) -> Vec<GraphNode> {
 
 /// LightningDiT's modules and data flow, named by its attribute paths, one node per module.
 fn lightning_graph(cfg: &crate::config::ModelConfig) -> Vec<GraphNode> {
-    let n = |name: &str, op: &str, inputs: &[&str]| GraphNode::new(format!("LightningDiT/{name}"), op, inputs);
+    let n =
+        |name: &str, op: &str, inputs: &[&str]| GraphNode::new(format!("LightningDiT/{name}"), op, inputs);
     let mut g = vec![
         GraphNode::new("input/x", "Placeholder", &[]),
         GraphNode::new("input/y", "Placeholder", &[]),

@@ -53,7 +53,8 @@ impl Lightning {
             });
             l
         };
-        let table = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
+        let table =
+            nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
         let out_channels = if cfg.learn_sigma { 2 * c } else { c };
         let fin = vs / "final_layer";
         Self {

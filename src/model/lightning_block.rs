@@ -109,11 +109,8 @@ pub(super) fn xavier(vs: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
 
 /// A linear initialised to zero (adaLN-Zero's modulation and the final projection).
 pub(super) fn zero_linear(vs: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
-    let config = nn::LinearConfig {
-        ws_init: nn::Init::Const(0.0),
-        bs_init: Some(nn::Init::Const(0.0)),
-        bias: true,
-    };
+    let config =
+        nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
     nn::linear(vs, in_dim, out_dim, config)
 }
 

@@ -86,7 +86,7 @@ impl Original {
     /// Everything after the blocks: their output (B, L, E) → predicted noise (B, C, I, I).
     pub(super) fn head(&self, x: &Tensor, how: &Compute) -> Tensor {
         let x = cast(&linear(&self.linear, &cast(&self.ln.forward(x), how.dtype)), Kind::Float); // (B, L, C·p²)
-        // This is not the inverse of the conv's channel order; keep it.
+                                                                                                 // This is not the inverse of the conv's channel order; keep it.
         unpatchify(&x, &self.cfg, self.cfg.channel)
     }
 }

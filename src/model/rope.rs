@@ -54,7 +54,8 @@ impl Rope {
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let size = x.size();
         let pairs = x.reshape([-1, 2]);
-        let rotated = Tensor::stack(&[pairs.select(1, 1).neg(), pairs.select(1, 0)], -1).reshape(size.as_slice());
+        let rotated =
+            Tensor::stack(&[pairs.select(1, 1).neg(), pairs.select(1, 0)], -1).reshape(size.as_slice());
         let kind = x.kind();
         x * self.cos.to_kind(kind) + rotated * self.sin.to_kind(kind)
     }

@@ -42,21 +42,32 @@ pub(super) fn read_state(weights: &Path, cfg: &mut Config) -> Result<Option<Trai
             space(&old.model),
             space(&cfg.model)
         );
-        ensure!(
-            old.model == cfg.model,
-            "{} was trained with a different model section ({}); use its config or another checkpoint path",
-            path.display(),
-            serde_json::to_string(&old.model)?
-        );
-        ensure!(
-            old.diffusion == cfg.diffusion,
-            "{} was trained with a different diffusion section ({})",
-            path.display(),
-            serde_json::to_string(&old.diffusion)?
-        );
+        for (section, was, now) in [
+            ("model", serde_json::to_value(&old.model)?, serde_json::to_value(&cfg.model)?),
+            ("diffusion", serde_json::to_value(&old.diffusion)?, serde_json::to_value(&cfg.diffusion)?),
+        ] {
+            if let Some((field, was, now)) = first_difference(&was, &now) {
+                anyhow::bail!(
+                    "{} was trained with {section}.{field} = {was}, and the config now says {now}; resume it as it \
+                     was trained (or train into another checkpoint path)",
+                    path.display()
+                );
+            }
+        }
     }
     cfg.train.seed = Some(choose_seed(resumed.as_ref(), cfg.train.seed)?);
     Ok(resumed)
+}
+
+/// The first field (in the section's order) whose value differs between two sections, with
+/// both values as JSON.
+fn first_difference(was: &serde_json::Value, now: &serde_json::Value) -> Option<(String, String, String)> {
+    let (was, now) = (was.as_object()?, now.as_object()?);
+    let null = serde_json::Value::Null;
+    was.keys().chain(now.keys()).find_map(|k| {
+        let (a, b) = (was.get(k).unwrap_or(&null), now.get(k).unwrap_or(&null));
+        (a != b).then(|| (k.clone(), a.to_string(), b.to_string()))
+    })
 }
 
 /// "in pixel space" or "in the latent space of taef2".
