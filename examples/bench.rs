@@ -153,7 +153,15 @@ fn run_bench() -> Result<()> {
         }
         "sample" => {
             let sampler = if args[3] == "ddpm" { SamplerKind::Ddpm } else { SamplerKind::Ddim };
-            let opts = SampleOptions { sampler, steps: steps as i64, eta: 0.0, keep: vec![], guidance: None };
+            let opts = SampleOptions {
+                sampler,
+                steps: steps as i64,
+                eta: 0.0,
+                keep: vec![],
+                guidance: None,
+                shift: None,
+                cfg_interval_start: None,
+            };
             let noise = Tensor::randn([1, m.channel, m.img_size, m.img_size], (Kind::Float, dev));
             let labels = Tensor::zeros([1], (Kind::Int64, dev));
             let start = Instant::now();

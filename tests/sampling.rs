@@ -564,6 +564,7 @@ fn every_sampler_at_1_2_t_minus_1_and_t_steps_gives_finite_samples_or_one_line()
                     SamplerKind::Ddpm => steps == max_t,
                     SamplerKind::Ddim => true,
                     SamplerKind::DpmPP2m => steps < max_t,
+                    SamplerKind::Euler | SamplerKind::Heun => unreachable!("not in this loop"),
                 };
                 match sampling::sample_with(&s, &opts, noise.copy(), &mut oracle, &mut |_, _| {}) {
                     Ok((x, _)) => {

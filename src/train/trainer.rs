@@ -228,10 +228,11 @@ impl Trainer {
             let xt = flow::interpolate(&x0, &draws.noise, &draws.t);
             let forward = self.model.forward_for_training(&xt, &labels, &draws.t);
             let target = flow::velocity(&x0, &draws.noise);
-            let mut loss = objective_loss(&forward.output, &target, train.loss, None);
-            if train.cosine_loss {
-                loss = loss + flow::cosine_loss(&forward.output, &target);
-            }
+            let distance = objective_loss(&forward.output, &target, train.loss, None);
+            let loss = match train.cosine_loss {
+                true => distance + flow::cosine_loss(&forward.output, &target),
+                false => distance,
+            };
             return (loss, forward, target);
         }
         let c = self.schedule.coefficients(&draws.t);
