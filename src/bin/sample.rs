@@ -116,6 +116,10 @@ fn run(args: &Args) -> Result<()> {
     let mut loaded =
         dit::checkpoint::load_for_inference(&args.checkpoint, args.config.as_deref(), !args.no_ema, device)?;
     if let Some(p) = args.prediction {
+        ensure!(
+            loaded.config.diffusion.process == Process::Ddpm,
+            "--prediction applies to DDPM models; this one is a flow model (it predicts the velocity)"
+        );
         loaded.set_prediction(p)?;
     }
     let process = loaded.config.diffusion.process;

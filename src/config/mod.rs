@@ -16,7 +16,9 @@ mod train;
 pub use autoencoder::Variant;
 pub use cache::CacheImages;
 pub use model::{ActivationCheckpointing, Arch, Attention, ModelConfig, Precision, RuntimeConfig};
-pub use objective::{describe_objective, Loss, LossWeighting, Prediction, Process, TimestepSampling};
+pub use objective::{
+    describe_flow, describe_objective, Loss, LossWeighting, Prediction, Process, TimestepSampling,
+};
 pub use train::{ClassLayout, EvalConfig, LabelInit, LrSchedule, PreviewConfig, SamplerKind, TrainConfig};
 
 /// The config file commands read when none is named.

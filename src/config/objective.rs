@@ -105,9 +105,33 @@ pub fn describe_objective(
     format!("{} prediction, {loss} loss, {weighting}", prediction.name())
 }
 
+/// One line for the start of a flow run: "flow matching (logit-normal t), velocity target, L2
+/// loss + cosine loss".
+pub fn describe_flow(sampling: TimestepSampling, loss: Loss, cosine: bool) -> String {
+    let t = match sampling {
+        TimestepSampling::Uniform => "uniform t",
+        TimestepSampling::LogitNormal => "logit-normal t",
+    };
+    let loss = if loss == Loss::L1 { "L1" } else { "L2" };
+    let cosine = if cosine { " + cosine loss" } else { "" };
+    format!("flow matching ({t}), velocity target, {loss} loss{cosine}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_flow_names_the_times_the_loss_and_the_cosine_term() {
+        assert_eq!(
+            describe_flow(TimestepSampling::LogitNormal, Loss::L2, true),
+            "flow matching (logit-normal t), velocity target, L2 loss + cosine loss"
+        );
+        assert_eq!(
+            describe_flow(TimestepSampling::Uniform, Loss::L1, false),
+            "flow matching (uniform t), velocity target, L1 loss"
+        );
+    }
 
     #[test]
     fn describe_objective_names_the_prediction_the_loss_and_the_weighting() {

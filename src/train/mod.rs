@@ -25,7 +25,7 @@ pub use trainer::{Draws, StepOutput, Trainer};
 
 use crate::autoencoder;
 use crate::checkpoint::{self, state};
-use crate::config::{describe_objective, Config, Precision};
+use crate::config::{describe_flow, describe_objective, Config, Precision, Process};
 use crate::data::{self, Dataset, Loader, Shard};
 use crate::distributed::{self, ProcessGroup, World};
 
@@ -191,10 +191,14 @@ fn describe(tr: &Trainer, dataset: &Dataset, world_size: usize) {
     let precision = if tr.config().runtime.precision == Precision::Auto { " (precision auto)" } else { "" };
     println!("compute: {}{precision}", tr.model.compute());
     let t = &tr.config().train;
-    println!(
-        "objective: {}",
-        describe_objective(tr.schedule.prediction, t.loss, t.loss_weighting, t.min_snr_gamma)
-    );
+    let d = &tr.config().diffusion;
+    let objective = match d.process {
+        Process::Ddpm => {
+            describe_objective(tr.schedule.prediction, t.loss, t.loss_weighting, t.min_snr_gamma)
+        }
+        Process::Flow => describe_flow(d.timestep_sampling, t.loss, t.cosine_loss),
+    };
+    println!("objective: {objective}");
     let (b, k) = (t.batch_size, t.grad_accum_steps);
     let per_process = if k > 1 { format!("{k} micro-batches of {b}") } else { format!("batch {b}") };
     let step = t.step_images() * world_size as i64;
