@@ -178,8 +178,9 @@ pub fn sample(
     sample_with(schedule, opts, noise, &mut output, progress)
 }
 
-/// The sampler's walk from `noise` for any `output(x_t, t)` (t (B) int64) that answers as a
-/// model predicting `schedule.prediction` does: [`sample`] passes the model, tests an oracle.
+/// The sampler's walk from `noise` for any `output(x_t, t)` (t (B): int64 steps under DDPM,
+/// float32 times under flow) that answers as a model predicting `schedule.prediction` (under
+/// flow: the velocity) does: [`sample`] passes the model, tests an oracle.
 /// `opts.guidance` is the caller's business here.
 pub fn sample_with(
     schedule: &Schedule,
