@@ -2,7 +2,7 @@
 //! the arithmetic of the products and what training recomputes, resolved once from `runtime` in the config for a device
 //! and a token count. Neither changes the parameters, so any checkpoint runs under any choice.
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::{ActivationCheckpointing, Attention, Precision, RuntimeConfig};
 
@@ -19,6 +19,30 @@ pub enum Kernel {
     Fused,
     /// The original's softmax(q·kᵀ / sqrt(L))·v, which materialises (B, H, L, L).
     Naive,
+}
+
+impl Kernel {
+    /// softmax(q·kᵀ / `divisor`)·v for q, k, v (B, H, L, W) in one kind; the naive form takes
+    /// its softmax in float32 and returns the inputs' kind.
+    pub fn attend(self, q: &Tensor, k: &Tensor, v: &Tensor, divisor: f64) -> Tensor {
+        match self {
+            // libtorch's CPU flash kernel is several times slower on strided inputs.
+            Self::Fused => Tensor::scaled_dot_product_attention(
+                &q.contiguous(),
+                &k.contiguous(),
+                &v.contiguous(),
+                None::<Tensor>,
+                0.0,
+                false,
+                1.0 / divisor,
+                false,
+            ),
+            Self::Naive => {
+                let scores = q.matmul(&k.transpose(-2, -1)) / divisor; // (B, H, L, L)
+                super::dit_block::cast(&scores.softmax(-1, Kind::Float), q.kind()).matmul(v)
+            }
+        }
+    }
 }
 
 /// The resolved runtime choices.

@@ -5,7 +5,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::compute::{Compute, Kernel};
+use super::compute::Compute;
 use crate::config::ModelConfig;
 
 /// The six modulation linears of a block, in the order of their outputs: γ₁, β₁, α₁, γ₂, β₂, α₂
@@ -75,23 +75,7 @@ impl DiTBlock {
         let [q, k, v] = self.qkv.each_ref().map(|layer| heads(&linear(layer, &u)));
         // Scale is 1/sqrt(L), not 1/sqrt(E): the original divides by q.size(2) after moving
         // the heads forward, which is the token count. Weight exchange depends on keeping it.
-        let o = match how.kernel {
-            // libtorch's CPU flash kernel is several times slower on strided inputs.
-            Kernel::Fused => Tensor::scaled_dot_product_attention(
-                &q.contiguous(),
-                &k.contiguous(),
-                &v.contiguous(),
-                None::<Tensor>,
-                0.0,
-                false,
-                1.0 / (l as f64).sqrt(),
-                false,
-            ),
-            Kernel::Naive => {
-                let scores = q.matmul(&k.transpose(-2, -1)) / (l as f64).sqrt(); // (B, H, L, L)
-                cast(&scores.softmax(-1, Kind::Float), compute).matmul(&v)
-            }
-        }; // (B, H, L, E)
+        let o = how.kernel.attend(&q, &k, &v, (l as f64).sqrt()); // (B, H, L, E)
         let o = o.transpose(1, 2).reshape([b, l, h * e]); // (B, L, H·E), head-major
         let x1 = x + alfa_1 * cast(&linear(&self.linear_back, &o), Kind::Float); // (B, L, E)
 

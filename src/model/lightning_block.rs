@@ -6,7 +6,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::compute::{Compute, Kernel};
+use super::compute::Compute;
 use super::dit_block::{cast, linear};
 use super::rope::Rope;
 use crate::config::ModelConfig;
@@ -58,7 +58,7 @@ impl Norm {
             }
             Self::Rms { weight } => {
                 let rms = (xf.square().mean_dim(-1, true, Kind::Float) + NORM_EPS).rsqrt();
-                cast(&(xf * rms), kind) * cast(weight, kind)
+                return cast(&(xf * rms), kind) * cast(weight, kind);
             }
         };
         cast(&out, kind)
@@ -185,23 +185,7 @@ impl LightningBlock {
         if let Some(rope) = rope {
             (q, k) = (rope.apply(&q), rope.apply(&k));
         }
-        let scale = 1.0 / (hd as f64).sqrt();
-        let o = match how.kernel {
-            Kernel::Fused => Tensor::scaled_dot_product_attention(
-                &q.contiguous(),
-                &k.contiguous(),
-                &v.contiguous(),
-                None::<Tensor>,
-                0.0,
-                false,
-                scale,
-                false,
-            ),
-            Kernel::Naive => {
-                let scores = q.matmul(&k.transpose(-2, -1)) * scale; // (B, H, L, L)
-                cast(&scores.softmax(-1, Kind::Float), h.kind()).matmul(&v)
-            }
-        }; // (B, H, L, hd)
+        let o = how.kernel.attend(&q, &k, &v, (hd as f64).sqrt()); // (B, H, L, hd)
         linear(&self.proj, &o.transpose(1, 2).reshape([b, l, e]))
     }
 }
