@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod diffusion;
 pub mod distributed;
+pub mod download;
 pub mod ffi;
 pub mod fs;
 pub mod generate;

@@ -62,9 +62,13 @@ pub(super) fn resample(rgb: &[u8], width: u32, height: u32, window: Window, size
     let src = fir::images::ImageRef::new(width, height, rgb, fir::PixelType::U8x3)
         .expect("an RgbImage's buffer holds width × height × 3 bytes");
     let mut dst = fir::images::Image::new(size, size, fir::PixelType::U8x3);
+    // The window's far edges are products of rounded quotients: 454 / 299 · 299 is
+    // 454.00000000000006, which the resizer refuses as outside the image.
+    let (crop_w, crop_h) =
+        (window.width.min(width as f64 - window.left), window.height.min(height as f64 - window.top));
     let options = fir::ResizeOptions::new()
         .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
-        .crop(window.left, window.top, window.width, window.height);
+        .crop(window.left, window.top, crop_w, crop_h);
     RESIZER
         .with_borrow_mut(|resizer| resizer.resize(&src, &mut dst, &options))
         .expect("source and destination are both U8x3 and non-empty");
@@ -88,6 +92,16 @@ mod tests {
         assert_eq!((w.left, w.width), (0.0, 375.0));
         // A square image is taken whole.
         assert_eq!(torchvision_window(90, 90, 32), Window { left: 0.0, top: 0.0, width: 90.0, height: 90.0 });
+    }
+
+    #[test]
+    fn a_window_whose_edge_rounds_past_the_image_is_resampled() {
+        // 454×500 at 299: the window's width is 454 / 299 · 299 = 454.00000000000006.
+        let w = torchvision_window(454, 500, 299);
+        assert!(w.left + w.width > 454.0);
+        let rgb: Vec<u8> = [10u8, 200, 30].repeat(454 * 500);
+        let out = resample(&rgb, 454, 500, w, 299);
+        assert!(out.chunks(3).all(|p| p == [10, 200, 30]));
     }
 
     #[test]

@@ -10,21 +10,30 @@ use crate::data::Dataset;
 
 /// Up to `num` images of `dataset` (only those of label `class`, when given) as one
 /// (N, 3, I, I) float32 tensor in [−1, 1] on the CPU (I = `dataset.img_size()`; pixel
-/// values x/255·2 − 1 as in training), decoded in parallel on rayon's global pool.
-///
-/// Which images: all of them when there are at most `num`, else `num` evenly spaced over the
-/// data set's (sorted) order, so a subset covers the whole set. Files that fail to decode are
-/// skipped with one warning each on stderr (as in training), so N can be below `num`; it is an
-/// error only when none loads.
+/// values x/255·2 − 1 as in training), decoded in parallel on rayon's global pool: the images
+/// [`choose`] picks, as [`load_pixels`] reads them.
 pub fn load_images(dataset: &Dataset, num: usize, class: Option<i64>) -> Result<Tensor> {
+    Ok(crate::data::to_model_range(&load_pixels(dataset, &choose(dataset, num, class)?)?))
+}
+
+/// Which images of `dataset` make a set of up to `num` (of label `class`, when given): all of
+/// them when there are at most `num`, else `num` evenly spaced over the data set's (sorted)
+/// order, so a subset covers the whole set.
+pub fn choose(dataset: &Dataset, num: usize, class: Option<i64>) -> Result<Vec<usize>> {
     let candidates: Vec<usize> =
         (0..dataset.len()).filter(|&i| class.is_none_or(|c| dataset.label(i) == Some(c))).collect();
     ensure!(!candidates.is_empty(), "{} has no image of class {}", dataset.describe(), class.unwrap_or(0));
-    let chosen: Vec<usize> = if candidates.len() <= num {
+    Ok(if candidates.len() <= num {
         candidates
     } else {
         (0..num).map(|k| candidates[k * candidates.len() / num]).collect()
-    };
+    })
+}
+
+/// The images `chosen` of `dataset` as one (N, 3, I, I) uint8 tensor on the CPU, decoded in
+/// parallel. Files that fail to decode are skipped with one warning each on stderr (as in
+/// training), so N can be below `chosen.len()`; it is an error only when none loads.
+pub fn load_pixels(dataset: &Dataset, chosen: &[usize]) -> Result<Tensor> {
     let loaded: Vec<Vec<u8>> = chosen
         .par_iter()
         .filter_map(|&i| match dataset.load(i) {
@@ -43,8 +52,7 @@ pub fn load_images(dataset: &Dataset, num: usize, class: Option<i64>) -> Result<
     );
     let side = dataset.img_size();
     let bytes: Vec<u8> = loaded.concat();
-    let images = Tensor::from_slice(&bytes).view([loaded.len() as i64, side, side, 3]).permute([0, 3, 1, 2]);
-    Ok(crate::data::to_model_range(&images))
+    Ok(Tensor::from_slice(&bytes).view([loaded.len() as i64, side, side, 3]).permute([0, 3, 1, 2]))
 }
 
 /// The side of the square images of a folder data set, read from the file headers: an error

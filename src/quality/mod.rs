@@ -1,4 +1,7 @@
-//! Sample quality without downloaded weights: the sliced Wasserstein distance (SWD) between
+//! Sample quality. FID (`fid.rs`) and KID (`kid.rs`) on the features of pytorch-fid's Inception
+//! network (`inception.rs`, its weights found or fetched by `inception_files.rs`, features in
+//! batches and cached by `features.rs`), as the field reports them; and, without downloaded
+//! weights, the sliced Wasserstein distance (SWD) between
 //! Laplacian-pyramid patch descriptors of two image sets, as defined by Karras, Aila, Laine &
 //! Lehtinen, "Progressive Growing of GANs for Improved Quality, Stability, and Variation"
 //! (ICLR 2018), §5 ("multi-scale statistical similarity") and appendix D.
@@ -32,7 +35,12 @@
 //! in the middle of a training run does not change the run.
 
 mod descriptors;
+pub mod features;
+pub mod fid;
 mod images;
+pub mod inception;
+pub mod inception_files;
+pub mod kid;
 pub mod pyramid;
 mod sort;
 mod swd;
@@ -42,7 +50,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::rng::SplitMix64;
-pub use images::{load_images, native_size, resolve_class};
+pub use images::{choose, load_images, load_pixels, native_size, resolve_class};
 
 /// Fewest images per set [`swd()`] accepts. At 16 the floor (two disjoint draws of the same
 /// data) is already 45 (× 10⁻³) on `builtin:pandas`, about the distance of a blurred copy at

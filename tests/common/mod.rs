@@ -3,6 +3,8 @@
 //! end-to-end tests train, a small image folder, and running the binaries.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

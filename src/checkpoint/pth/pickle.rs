@@ -1,13 +1,45 @@
 //! The small pickle machine that rebuilds a state_dict: the opcodes `torch.save` emits
-//! (pickle protocol 2, see CPython's `Lib/pickletools.py`), tensors rebuilt from the archive's
-//! storages as `torch._utils._rebuild_tensor_v2` does. Anything else is refused by name.
+//! (pickle protocol 2, see CPython's `Lib/pickletools.py`), tensors described as views of
+//! storages as `torch._utils._rebuild_tensor_v2` makes them. The storages' bytes come from the
+//! container (the zip's records, or what follows the pickles in the legacy format), so a view is
+//! resolved by the caller once they are known. Anything else is refused by name.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use tch::{Kind, Tensor};
 
-use super::archive::Archive;
+/// A tensor as the pickle describes it: a strided view of one storage.
+#[derive(Debug, Clone)]
+pub(super) struct View {
+    pub kind: Kind,
+    /// The storage's key (its record in the zip's data/ folder; its name in the legacy list).
+    pub key: String,
+    offset: i64,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+}
+
+impl View {
+    /// The tensor this view is of `storage` (1-D, of the view's kind), refused when it reaches
+    /// past its end.
+    pub fn of(&self, storage: &Tensor) -> Result<Tensor> {
+        let (size, stride) = (&self.size, &self.stride);
+        ensure!(
+            self.offset >= 0 && stride.iter().all(|&s| s >= 0),
+            "storage {}: a negative offset or stride",
+            self.key
+        );
+        let needed =
+            self.offset + size.iter().zip(stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>() + 1;
+        ensure!(
+            size.contains(&0) || needed <= storage.numel() as i64,
+            "tensor reaches past the end of storage {}",
+            self.key
+        );
+        Ok(storage.as_strided(size, stride, self.offset).contiguous())
+    }
+}
 
 /// A value on the pickle machine's stack.
 #[derive(Debug)]
@@ -24,7 +56,7 @@ pub(super) enum Value {
     Global(String),
     /// (dtype, key in the archive's data/ folder)
     Storage(Kind, String),
-    Tensor(Tensor),
+    Tensor(View),
 }
 
 impl Value {
@@ -43,7 +75,7 @@ impl Value {
             }
             Value::Global(g) => Value::Global(g.clone()),
             Value::Storage(k, s) => Value::Storage(*k, s.clone()),
-            Value::Tensor(t) => Value::Tensor(t.shallow_clone()),
+            Value::Tensor(t) => Value::Tensor(t.clone()),
         }
     }
 
@@ -78,19 +110,24 @@ fn storage_kind(name: &str) -> Result<Kind> {
     })
 }
 
-/// The pickle machine over one archive's `data.pkl`.
+/// The pickle machine over one pickle: the zip's `data.pkl`, or one of the legacy format's
+/// pickles in a row.
 pub(super) struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
-    archive: &'a mut Archive,
-    storages: HashMap<String, Tensor>,
 }
 
 impl<'a> Machine<'a> {
-    pub(super) fn new(data: &'a [u8], archive: &'a mut Archive) -> Self {
-        Machine { data, pos: 0, stack: vec![], memo: HashMap::new(), archive, storages: HashMap::new() }
+    /// A machine over the pickle that starts at byte `start` of `data`.
+    pub(super) fn new(data: &'a [u8], start: usize) -> Self {
+        Machine { data, pos: start, stack: vec![], memo: HashMap::new() }
+    }
+
+    /// Where the next byte after the STOP opcode is, once [`Machine::run`] returned.
+    pub(super) fn end(&self) -> usize {
+        self.pos
     }
 
     /// Runs the pickle to its STOP opcode and returns the value it leaves.
@@ -284,18 +321,6 @@ impl<'a> Machine<'a> {
         self.stack.last_mut().context("pickle stack underflow")
     }
 
-    fn storage(&mut self, kind: Kind, key: &str) -> Result<Tensor> {
-        if let Some(t) = self.storages.get(key) {
-            return Ok(t.shallow_clone());
-        }
-        let bytes = self.archive.read(&format!("data/{key}"))?;
-        let elem = kind.elt_size_in_bytes();
-        ensure!(bytes.len() % elem == 0, "storage {key} has a partial element");
-        let t = Tensor::from_data_size(&bytes, &[(bytes.len() / elem) as i64], kind);
-        self.storages.insert(key.to_string(), t.shallow_clone());
-        Ok(t)
-    }
-
     fn reduce(&mut self, callable: Value, args: Value) -> Result<Value> {
         let Value::Global(name) = callable else { bail!("cannot call {callable:?}") };
         let Value::Tuple(mut args) = args else { bail!("{name}: arguments are not a tuple") };
@@ -309,14 +334,13 @@ impl<'a> Machine<'a> {
                 let Value::Storage(kind, key) = std::mem::replace(&mut args[0], Value::None) else {
                     bail!("{name}: first argument is not a storage")
                 };
-                let storage = self.storage(kind, &key)?;
-                let needed =
-                    offset + size.iter().zip(&stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>() + 1;
                 ensure!(
-                    size.contains(&0) || needed <= storage.numel() as i64,
-                    "tensor reaches past the end of storage {key}"
+                    size.len() == stride.len(),
+                    "{name}: {} sizes but {} strides",
+                    size.len(),
+                    stride.len()
                 );
-                Ok(Value::Tensor(storage.as_strided(&size, &stride, offset).contiguous()))
+                Ok(Value::Tensor(View { kind, key, offset, size, stride }))
             }
             "torch._utils._rebuild_parameter" => match args.into_iter().next() {
                 Some(Value::Tensor(t)) => Ok(Value::Tensor(t)),
