@@ -9,7 +9,8 @@
 //! (the 1008-class `fc` layer, which the features never reach, is checked for shape), every
 //! key the network needs must be there, `num_batches_tracked` may be either. Each layer runs as
 //! PyTorch runs it (convolution, then batch norm with eps 0.001 in evaluation mode, then ReLU),
-//! on contiguous (N, C, H, W) input, so the same kernels add in the same order as pytorch-fid's.
+//! by default in the channels-last memory format for speed ([`Layout`]); pytorch-fid runs NCHW,
+//! which [`Layout::Nchw`] reproduces (tests/fid.rs bounds both against it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -262,11 +263,22 @@ impl Block {
     }
 }
 
+/// The memory format the network computes in: the same numbers in another order of addition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// NHWC in memory (the default): oneDNN's convolutions run without reordering at every
+    /// layer, 1.4–1.5× the images a second of NCHW on this project's CPU (BENCHMARKS.md).
+    ChannelsLast,
+    /// NCHW, as pytorch-fid runs: its kernels, its order of addition.
+    Nchw,
+}
+
 /// The FID Inception network, ready to compute features (see the module documentation).
 pub struct Inception {
     stem: [Conv; 5],
     blocks: Vec<Block>,
     device: Device,
+    layout: Layout,
 }
 
 impl Inception {
@@ -305,7 +317,12 @@ impl Inception {
         if let Some(extra) = p.left.keys().min() {
             bail!("unexpected key {extra} ({} keys not in the network)", p.left.len());
         }
-        Ok(Inception { stem, blocks, device })
+        Ok(Inception { stem, blocks, device, layout: Layout::ChannelsLast })
+    }
+
+    /// The same network computing in `layout`.
+    pub fn with_layout(self, layout: Layout) -> Inception {
+        Inception { layout, ..self }
     }
 
     /// The 2048 pool features (N, 2048) of images (N, 3, H, W) with values in [0, 1]: resized to
@@ -313,7 +330,11 @@ impl Inception {
     /// `InceptionV3` does with its defaults.
     pub fn features(&self, images: &Tensor) -> Tensor {
         tch::no_grad(|| {
-            let x = images.to_device(self.device).to_kind(Kind::Float).contiguous();
+            let x = images.to_device(self.device).to_kind(Kind::Float);
+            let x = match self.layout {
+                Layout::ChannelsLast => x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]),
+                Layout::Nchw => x.contiguous(),
+            };
             let x = x.upsample_bilinear2d([INPUT_SIDE, INPUT_SIDE], false, None, None) * 2.0 - 1.0;
             let x = chain(&self.stem[..3], &x);
             let x = chain(&self.stem[3..], &reduce_pool(&x));
