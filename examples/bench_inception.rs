@@ -1,6 +1,7 @@
 //! Seconds per image of the FID Inception network's features here (`dit::quality::inception`),
 //! for scripts/bench_fid: N random 256² images in batches of B, best of R rounds, after one
-//! warm-up batch. Prints one JSON line.
+//! warm-up batch; then the seconds of one Fréchet distance between two sets of N uniform
+//! random 2048-feature vectors. Prints one JSON line.
 //!
 //!   bench_inception WEIGHTS [N] [B] [R]     (BENCH_THREADS sets libtorch's threads)
 
@@ -32,6 +33,17 @@ fn main() -> anyhow::Result<()> {
             t.elapsed().as_secs_f64() / n as f64
         })
         .fold(f64::INFINITY, f64::min);
-    println!("{{\"side\": \"rust\", \"s_per_image\": {best}, \"images\": {n}, \"batch\": {batch}, \"threads\": {}}}", tch::get_num_threads());
+    let stats = |f: &Tensor| dit::quality::fid::Statistics::of(f).expect("N ≥ 2");
+    let (a, b) = (
+        Tensor::rand([n, 2048], (Kind::Double, Device::Cpu)),
+        Tensor::rand([n, 2048], (Kind::Double, Device::Cpu)),
+    );
+    let t = std::time::Instant::now();
+    let fid = dit::quality::fid::frechet_distance(&stats(&a), &stats(&b))?;
+    let fid_s = t.elapsed().as_secs_f64();
+    println!(
+        "{{\"side\": \"rust\", \"s_per_image\": {best}, \"images\": {n}, \"batch\": {batch}, \"threads\": {}, \"fid_s\": {fid_s}, \"fid\": {fid}}}",
+        tch::get_num_threads()
+    );
     Ok(())
 }

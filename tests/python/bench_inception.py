@@ -1,6 +1,8 @@
 """Seconds per image of pytorch-fid's InceptionV3 (its defaults: resize to 299, final pool
 features) on N random 256² images in batches of B, best of R rounds after one warm-up batch;
-the weight file is loaded where pytorch-fid loads the published one. For scripts/bench_fid.
+the weight file is loaded where pytorch-fid loads the published one. Then the seconds of one
+calculate_frechet_distance between two sets of N uniform random 2048-feature vectors. For
+scripts/bench_fid.
 
   bench_inception.py WEIGHTS [N] [B] [R]     (BENCH_THREADS sets torch's threads)
 """
@@ -37,7 +39,16 @@ def main():
         t = time.perf_counter()
         run(n)
         best = min(best, (time.perf_counter() - t) / n)
-    print(json.dumps({"side": "pytorch-fid", "s_per_image": best, "images": n, "batch": batch, "threads": torch.get_num_threads()}))
+    import numpy as np
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(0)
+    stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (rng.random((n, 2048)), rng.random((n, 2048)))]
+    t = time.perf_counter()
+    fid = calculate_frechet_distance(*stats[0], *stats[1])
+    fid_s = time.perf_counter() - t
+    out = {"side": "pytorch-fid", "s_per_image": best, "images": n, "batch": batch, "threads": torch.get_num_threads()}
+    print(json.dumps({**out, "fid_s": fid_s, "fid": float(fid)}))
 
 
 if __name__ == "__main__":
