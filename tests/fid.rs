@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::{p, root, run_bin, run_ok};
+
 use dit::data::Dataset;
 use dit::quality::fid::{frechet_distance, Statistics};
 use dit::quality::inception::{Inception, Layout};
@@ -161,7 +162,17 @@ fn a_pickle_that_would_run_a_command_is_refused_without_running_it() {
 #[test]
 #[cfg_attr(not(dit_photos), ignore = "the shared photos are not on this machine")]
 fn a_missing_an_extra_or_a_misshapen_key_is_refused_naming_it() {
-    let (_, zip, _) = weights();
+    let (_, zip, legacy) = weights();
+    // A legacy file cut short (a download interrupted) is one line naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join(inception_files::FILE);
+    let bytes = std::fs::read(legacy).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = format!("{:#}", Inception::load(&cut, Device::Cpu).err().expect("half a file loaded"));
+    assert!(
+        err.starts_with(&format!("{}: not a readable .pth", cut.display())) && !err.contains('\n'),
+        "{err}"
+    );
     let entries = dit::checkpoint::read_tensors(zip).unwrap();
     let without = |name: &str| {
         entries.iter().filter(|(n, _)| n != name).map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
@@ -249,4 +260,44 @@ fn eval_metric_all_prints_the_three_and_reads_the_data_features_back() {
     let out = run_bin(env!("CARGO_BIN_EXE_eval"), dir.path(), &swd_only);
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(line.get("fid").is_none() && line.get("kid").is_none() && line["swd"].is_number(), "{line}");
+}
+
+#[test]
+#[cfg_attr(not(dit_photos), ignore = "the shared photos are not on this machine")]
+fn the_training_probe_logs_fid_and_kid_when_the_weights_are_present() {
+    let (weights_dir, _, _) = weights();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs = common::panda_folder(d); // 16 images: epochs of 2 steps
+    let eval = r#"{"train": {"epoch": 2, "num_workers": 2, "eval": {"every_epochs": 2, "num": 16},
+                             "preview": {"sampler": "ddim", "steps": 5, "every_epochs": 0}}}"#;
+    let cfg = common::write_tiny_config(d, "tiny.json", &[eval]);
+    let args = [
+        "--config",
+        p(&cfg),
+        "--device",
+        "cpu",
+        "--data",
+        p(&imgs),
+        "--checkpoint",
+        "w.ot",
+        "--logdir",
+        "logs",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(d)
+        .args(args)
+        .env("DIT_INCEPTION_DIR", weights_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("sample quality: FID and KID too") && stdout.contains(", FID "), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&common::golden(&["tb_tags", "--config", p(&d.join("logs"))])).unwrap();
+    for tag in ["Quality/swd", "Quality/fid", "Quality/kid"] {
+        let logged = summary["scalars"][tag].as_array().unwrap_or_else(|| panic!("no {tag}: {summary}"));
+        assert_eq!(logged.len(), 1, "{tag}: {logged:?}");
+        assert!(logged[0][1].as_f64().unwrap().is_finite(), "{tag}: {logged:?}");
+    }
 }

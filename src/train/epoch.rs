@@ -288,10 +288,14 @@ fn end_epoch(
     if let (Some(probe), true) = (probe, every > 0 && (epoch + 1) % every == 0) {
         let started = Instant::now();
         let r = probe.measure(tr, tb, epoch)?;
+        let inception = match (r.fid, r.kid) {
+            (Some(fid), Some(kid)) => format!(", FID {fid:.2}, KID {:.5}", kid.mean),
+            _ => String::new(),
+        };
         println!(
-            "sample quality: SWD {:.2} (×10³, per level {:?}; {:.1} s)",
-            r.mean,
-            r.per_level,
+            "sample quality: SWD {:.2} (×10³, per level {:?}){inception} ({:.1} s)",
+            r.swd.mean,
+            r.swd.per_level,
             started.elapsed().as_secs_f64()
         );
     }

@@ -1,15 +1,21 @@
 //! Sample quality after epochs (`train.eval`): images sampled with the EMA weights and the
 //! preview's sampler, measured against the training data with the sliced Wasserstein distance
-//! of `crate::quality`, and logged as `Quality/swd` (and `Quality/swd_<side>` per level).
+//! of `crate::quality`, and logged as `Quality/swd` (and `Quality/swd_<side>` per level). When
+//! pytorch-fid's Inception weights are already in their folder (`$DIT_INCEPTION_DIR`, else the
+//! user cache: never downloaded during training) FID and KID are logged too, as `Quality/fid`
+//! and `Quality/kid`.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::preview::EmaSwap;
 use super::trainer::Trainer;
 use crate::autoencoder::visible;
 use crate::data::Dataset;
-use crate::quality::{self, SwdOptions, SwdReport};
+use crate::quality::fid::{frechet_distance, Statistics};
+use crate::quality::inception::Inception;
+use crate::quality::kid::{kid, Kid, KidOptions};
+use crate::quality::{self, features, inception_files, SwdOptions, SwdReport};
 use crate::rng::step_seed;
 use crate::sampling::{self, SampleOptions};
 use crate::tensorboard::Logger;
@@ -22,21 +28,43 @@ pub(super) struct Probe {
     data: Tensor,
     /// The labels the samples are drawn with: the data's classes in their proportions.
     labels: Tensor,
+    /// The Inception network and the data's features, when its weights are present.
+    inception: Option<(Inception, Tensor)>,
+}
+
+/// What one measurement gave.
+pub(super) struct Measured {
+    pub swd: SwdReport,
+    pub fid: Option<f64>,
+    pub kid: Option<Kid>,
 }
 
 impl Probe {
-    /// Loads `train.eval.num` images of `dataset` (evenly spaced over it).
+    /// Loads `train.eval.num` images of `dataset` (evenly spaced over it), and their Inception
+    /// features when the network's weights are present.
     pub(super) fn new(dataset: &Dataset, num: i64) -> Result<Self> {
         let min = quality::MIN_IMAGES as i64;
         ensure!(num >= min, "train.eval.num must be at least {min}, got {num}");
         let data = quality::load_images(dataset, num as usize, None)?;
         let labels = proportional_labels(dataset, data.size()[0] as usize);
-        Ok(Self { data, labels })
+        let folder = inception_files::folder_from(None, |name| std::env::var_os(name))?;
+        let weights = folder.join(inception_files::FILE);
+        let inception = match weights.is_file() {
+            false => None,
+            true => {
+                let net = Inception::load(&weights, Device::cuda_if_available())?;
+                println!("sample quality: FID and KID too, with {}", weights.display());
+                let features =
+                    features::features(&net, &((&data + 1.0) / 2.0), "features of the data", false);
+                Some((net, features))
+            }
+        };
+        Ok(Self { data, labels, inception })
     }
 
     /// Samples as many images as the data holds (the same noise every time, so the numbers
     /// follow training, not new draws), measures and logs them at `epoch`.
-    pub(super) fn measure(&self, tr: &Trainer, tb: &mut Logger, epoch: i64) -> Result<SwdReport> {
+    pub(super) fn measure(&self, tr: &Trainer, tb: &mut Logger, epoch: i64) -> Result<Measured> {
         let (m, p) = (&tr.config().model, &tr.config().train.preview);
         let n = self.data.size()[0];
         tch::manual_seed(step_seed(tr.meta.seed, -3));
@@ -68,7 +96,16 @@ impl Probe {
         for (side, value) in &report.per_level {
             tb.scalar(&format!("Quality/swd_{side}"), epoch, *value)?;
         }
-        Ok(report)
+        let mut measured = Measured { swd: report, fid: None, kid: None };
+        if let Some((net, data)) = &self.inception {
+            let ours = features::features(net, &((images.clamp(-1.0, 1.0) + 1.0) / 2.0), "features", false);
+            let fid = frechet_distance(&Statistics::of(&ours)?, &Statistics::of(data)?).context("FID")?;
+            let kid = kid(&ours, data, &KidOptions::default(), 0)?;
+            tb.scalar("Quality/fid", epoch, fid)?;
+            tb.scalar("Quality/kid", epoch, kid.mean)?;
+            (measured.fid, measured.kid) = (Some(fid), Some(kid));
+        }
+        Ok(measured)
     }
 }
 
