@@ -79,13 +79,20 @@ pub fn folder_from(
     if let Some(dir) = set(dir_var) {
         return Ok(dir);
     }
-    let cache = match set("XDG_CACHE_HOME").filter(|dir| dir.is_absolute()) {
-        Some(dir) => dir,
-        None => set("HOME").map(|home| home.join(".cache")).with_context(|| {
-            format!("no folder for the weight files: pass {flag} or set {dir_var} (neither XDG_CACHE_HOME nor HOME is set)")
-        })?,
-    };
-    Ok(cache.join("dit").join(sub))
+    let cache = user_cache(var).with_context(|| {
+        format!("no folder for the weight files: pass {flag} or set {dir_var} (neither XDG_CACHE_HOME nor HOME is set)")
+    })?;
+    Ok(cache.join(sub))
+}
+
+/// The project's user cache, `${XDG_CACHE_HOME:-$HOME/.cache}/dit` (an empty or relative
+/// `XDG_CACHE_HOME` ignored), reading variables through `var`; None when neither is set.
+pub fn user_cache(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let set = |name: &str| var(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    let cache = set("XDG_CACHE_HOME")
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| set("HOME").map(|home| home.join(".cache")))?;
+    Some(cache.join("dit"))
 }
 
 /// Downloads `url` into `dest_dir/<file>` (creating the folder), showing a progress bar on

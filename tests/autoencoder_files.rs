@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use common::http::{unreachable_url, Serve, Server};
+use common::names;
 
 use dit::autoencoder::files::{self, fetch_file, locate, locate_in, pinned_sha256, sha256_file, Located};
 
@@ -29,15 +30,6 @@ fn taef2_folder() -> PathBuf {
     };
     assert!(dir.join(ENCODER).is_file(), "the TAEF2 files are not in {}", dir.display());
     dir
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
 }
 
 /// The error as the binaries print it, checked to be one line.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{p, root, run_bin, run_ok};
+use common::{p, run_bin, run_ok};
 
 use dit::data::Dataset;
 use dit::quality::fid::{frechet_distance, Statistics};
@@ -31,22 +31,9 @@ fn photo_dir() -> PathBuf {
     PathBuf::from(option_env!("DIT_PHOTOS").unwrap_or("../shared/datasets/pandas"))
 }
 
-/// Runs the Python reference with `args`; returns its stdout, or panics with its stderr.
+/// Runs tests/python/fid_reference.py with `args`; returns its stdout.
 fn reference(args: &[&str]) -> String {
-    let python = root().join(".venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
-    let out = Command::new(&python)
-        .arg(root().join("tests/python/fid_reference.py"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "2")
-        .output()
-        .expect("cannot start the Python reference");
-    assert!(
-        out.status.success(),
-        "fid_reference.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::python_script("fid_reference.py", args)
 }
 
 /// The calibrated random weights, made once per test process: (folder, zip file, legacy file).

@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::http::{unreachable_url, Serve, Server};
+use common::names;
 use dit::download::{hub_hash_prefix, sha256_file};
 use dit::quality::inception_files::{folder_from, locate_in, locate_named, DEFAULT_URL, DIR_VAR, FILE};
 
@@ -20,15 +21,6 @@ fn served_file(root: &Path) -> String {
     let name = format!("weights-{}.pth", &sha256_file(&tmp).unwrap()[..8]);
     std::fs::rename(&tmp, root.join(&name)).unwrap();
     name
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
 }
 
 fn one_line(err: anyhow::Error) -> String {

@@ -92,16 +92,32 @@ pub fn root() -> PathBuf {
 
 /// Runs `tests/python/golden.py` with the venv's Python; panics with its stderr on failure.
 pub fn golden(args: &[&str]) -> String {
+    python_script("golden.py", args)
+}
+
+/// Runs `tests/python/<script>` with the venv's Python (2 threads) and `args`; returns its
+/// stdout, or panics with its stderr.
+pub fn python_script(script: &str, args: &[&str]) -> String {
     let python = root().join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
     let out = Command::new(&python)
-        .arg(root().join("tests/python/golden.py"))
+        .arg(root().join("tests/python").join(script))
         .args(args)
         .env("OMP_NUM_THREADS", "2")
         .output()
         .expect("cannot start the Python reference");
-    assert!(out.status.success(), "golden.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The names in `dir`, sorted (none when it does not exist).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
 }
 
 /// Writes a config whose model section is `model` (JSON object text) into `dir`.
