@@ -10,6 +10,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=src/checkpoint/pth/writer.cpp");
     println!("cargo:rerun-if-changed=src/torch_flags.cpp");
+    println!("cargo:rerun-if-changed=src/profile.cpp");
+    println!("cargo:rerun-if-changed=src/optim.cpp");
     println!("cargo:rerun-if-changed=src/ffi_guard.h");
     let libtorch = env::var("LIBTORCH").unwrap_or_else(|_| {
         panic!("LIBTORCH is not set: run scripts/setup (it links the venv's torch as .libtorch)")
@@ -71,6 +73,8 @@ fn main() {
     cpp(&libtorch)
         .file("src/checkpoint/pth/writer.cpp")
         .file("src/torch_flags.cpp")
+        .file("src/profile.cpp")
+        .file("src/optim.cpp")
         .compile("dit_pth_writer");
 
     distributed(&libtorch);

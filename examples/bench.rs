@@ -127,9 +127,15 @@ fn run_bench() -> Result<()> {
             let (first, first_cpu) = (Instant::now(), cpu_seconds());
             train_step(&mut tr, &images, &labels);
             let (first, first_cpu) = (first.elapsed().as_secs_f64(), cpu_seconds() - first_cpu);
+            // BENCH_PROFILE=FILE: libtorch's operator profile of the timed steps, as a Chrome trace.
+            let profile = std::env::var_os("BENCH_PROFILE").map(std::path::PathBuf::from);
+            let profiler = profile.as_ref().map(|_| dit::profile::Profiler::start()).transpose()?;
             let (start, start_cpu) = (Instant::now(), cpu_seconds());
             for _ in 0..steps {
                 train_step(&mut tr, &images, &labels);
+            }
+            if let (Some(p), Some(path)) = (profiler, &profile) {
+                p.save(path)?;
             }
             let (per, cpu) = match steps {
                 0 => (first, first_cpu),

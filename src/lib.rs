@@ -14,6 +14,7 @@ pub mod fs;
 pub mod generate;
 pub mod model;
 pub mod optim;
+pub mod profile;
 pub mod progress;
 pub mod quality;
 pub mod rng;

@@ -1,9 +1,33 @@
 //! Adam (Kingma & Ba 2015, Algorithm 1) written out with the same tensor operations, in the
-//! same order, as PyTorch's single-tensor `torch.optim.Adam`, so one step gives PyTorch's
+//! same order, as PyTorch's single-tensor `torch.optim.Adam` (in `optim.cpp`), so one step gives PyTorch's
 //! numbers and the moments can be saved and restored (tch's optimizer keeps them private).
 //! Also global-norm gradient clipping and an exponential moving average of the weights.
 
+use std::ffi::c_char;
+
 use tch::Tensor;
+use torch_sys::C_tensor;
+
+use crate::ffi::call;
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn dit_adam_update(
+        params: *const *const C_tensor,
+        exp_avg: *const *const C_tensor,
+        exp_avg_sq: *const *const C_tensor,
+        count: usize,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        step_size: f64,
+        bias_correction2_sqrt: f64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn dit_clear_grads(params: *const *const C_tensor, count: usize, err: *mut c_char, err_len: usize)
+        -> i32;
+}
 
 /// Adam's moment estimates for a list of parameters.
 #[derive(Debug)]
@@ -26,40 +50,49 @@ impl Adam {
         Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, exp_avg: zeros(), exp_avg_sq: zeros(), step: 0 }
     }
 
-    /// One update of every parameter from its `.grad()`.
+    /// One update of every parameter from its `.grad()` (parameters without one are left as
+    /// they are), by `optim.cpp`: PyTorch's operators, order and `value` arguments.
     pub fn step(&mut self, params: &[Tensor], lr: f64) {
         self.step += 1;
         let step = self.step as f64;
         let bias_correction1 = 1.0 - self.beta1.powf(step);
         let bias_correction2_sqrt = (1.0 - self.beta2.powf(step)).sqrt();
         let step_size = lr / bias_correction1;
-        tch::no_grad(|| {
-            for ((p, m), v) in params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                // m ← m + (1 − β1)(g − m)
-                let _ = m.lerp_(&g, 1.0 - self.beta1);
-                // v ← β2·v + (1 − β2)·g²
-                let _ = v.g_mul_scalar_(self.beta2).addcmul_(&(&g * (1.0 - self.beta2)), &g);
-                // p ← p − step_size · m / (sqrt(v) / sqrt(1 − β2ᵗ) + ε)
-                let denom = (v.sqrt() / bias_correction2_sqrt) + self.eps;
-                let _ = p.shallow_clone().addcdiv_(&(&*m * -step_size), &denom);
-            }
-        });
+        let (p, m, v) = (pointers(params), pointers(&self.exp_avg), pointers(&self.exp_avg_sq));
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        // SAFETY: three arrays of `len` live tensors (the moments are the parameters' shapes),
+        // borrowed for the call; the shim writes at most `len` bytes of message.
+        call(|err, len| unsafe {
+            dit_adam_update(
+                p.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                p.len(),
+                b1,
+                b2,
+                eps,
+                step_size,
+                bias_correction2_sqrt,
+                err,
+                len,
+            )
+        })
+        .unwrap_or_else(|e| panic!("Adam's update failed inside libtorch: {e}"));
     }
 }
 
-/// Sets every gradient to zero (PyTorch ≥ 2.0 sets them to None; the effect on the next
-/// step is the same).
+/// The at::Tensor pointers of `tensors`, for the shims of `optim.cpp`.
+fn pointers(tensors: &[Tensor]) -> Vec<*const C_tensor> {
+    tensors.iter().map(Tensor::as_ptr).collect()
+}
+
+/// Resets every gradient to undefined, as PyTorch's `zero_grad()` (set to None) does: the
+/// next backward pass stores its gradients instead of adding them to zeros.
 pub fn zero_grad(params: &[Tensor]) {
-    for p in params {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.detach_().zero_();
-        }
-    }
+    let p = pointers(params);
+    // SAFETY: an array of `len` live tensors, borrowed for the call.
+    call(|err, len| unsafe { dit_clear_grads(p.as_ptr(), p.len(), err, len) })
+        .unwrap_or_else(|e| panic!("clearing gradients failed inside libtorch: {e}"));
 }
 
 /// The global L2 norm of all gradients, as a 0-dim tensor on their device (no host sync),

@@ -115,11 +115,12 @@ pub(super) fn zero_linear(vs: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear
 }
 
 /// x·(1 + scale) + shift, each (B, E) broadcast over the tokens; no shift under `wo_shift`.
+/// One fused multiply-add over the tokens where there is a shift.
 pub(super) fn modulate(x: &Tensor, shift: Option<&Tensor>, scale: &Tensor) -> Tensor {
-    let y = x * (scale.unsqueeze(1) + 1.0);
+    let factor = scale.unsqueeze(1) + 1.0;
     match shift {
-        Some(shift) => y + shift.unsqueeze(1),
-        None => y,
+        Some(shift) => shift.unsqueeze(1).addcmul(x, &factor),
+        None => x * factor,
     }
 }
 
@@ -168,9 +169,10 @@ impl LightningBlock {
             (Some(&m[0]), &m[1], &m[2], Some(&m[3]), &m[4], &m[5])
         };
         let h = cast(&modulate(&self.norm1.forward(x), shift_msa, scale_msa), how.dtype);
-        let x = x + gate_msa.unsqueeze(1) * cast(&self.attention(&h, how, rope), Kind::Float);
+        // x + gate·y, one fused multiply-add each.
+        let x = x.addcmul(&gate_msa.unsqueeze(1), &cast(&self.attention(&h, how, rope), Kind::Float));
         let h = cast(&modulate(&self.norm2.forward(&x), shift_mlp, scale_mlp), how.dtype);
-        &x + gate_mlp.unsqueeze(1) * cast(&self.mlp.forward(&h), Kind::Float)
+        x.addcmul(&gate_mlp.unsqueeze(1), &cast(&self.mlp.forward(&h), Kind::Float))
     }
 
     /// Multi-head self-attention of h (B, L, E) in its own kind.
@@ -178,7 +180,9 @@ impl LightningBlock {
         let (b, l, e) = h.size3().expect("a block's input is (B, L, E)");
         let hd = e / self.head;
         let qkv = linear(&self.qkv, h).reshape([b, l, 3, self.head, hd]).permute([2, 0, 3, 1, 4]); // (3, B, H, L, hd)
-        let (mut q, mut k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+                                                                                                   // One unbind, whose backward is one stack, rather than three selects, each of whose
+                                                                                                   // backward passes writes a zeroed tensor the size of all three.
+        let [mut q, mut k, v]: [Tensor; 3] = qkv.unbind(0).try_into().expect("q, k and v");
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             (q, k) = (qn.forward(&q), kn.forward(&k));
         }

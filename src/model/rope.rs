@@ -50,14 +50,21 @@ impl Rope {
     }
 
     /// x (B, H, L, head width) rotated: x·cos + rotate_half(x)·sin, where rotate_half maps each
-    /// pair (a, b) to (−b, a).
+    /// pair (a, b) to (−b, a). Computed as x·cos + swap(x)·sin', where swap maps (a, b) to
+    /// (b, a) (one flip, whose backward is one flip) and sin' is sin with the first of each
+    /// pair negated: the same products, as (−b)·s = b·(−s) exactly.
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let size = x.size();
-        let pairs = x.reshape([-1, 2]);
-        let rotated =
-            Tensor::stack(&[pairs.select(1, 1).neg(), pairs.select(1, 0)], -1).reshape(size.as_slice());
+        let width = *size.last().expect("RoPE's input has a head dimension");
+        let swapped = x.reshape([-1, width / 2, 2]).flip([-1]).reshape(size.as_slice());
         let kind = x.kind();
-        x * self.cos.to_kind(kind) + rotated * self.sin.to_kind(kind)
+        x * self.cos.to_kind(kind) + swapped * self.signed_sin().to_kind(kind)
+    }
+
+    /// The sin table with the first of each pair negated (a small table, no gradient).
+    fn signed_sin(&self) -> Tensor {
+        let pairs = self.sin.reshape([-1, 2]);
+        Tensor::stack(&[pairs.select(1, 0).neg(), pairs.select(1, 1)], 1).reshape(self.sin.size().as_slice())
     }
 }
 
@@ -75,5 +82,19 @@ mod tests {
             assert!((cos.double_value(&[11, j as i64]) - f64::cos(*a)).abs() < 1e-6, "cos {j}");
             assert!((sin.double_value(&[11, j as i64]) - f64::sin(*a)).abs() < 1e-6, "sin {j}");
         }
+    }
+
+    #[test]
+    fn apply_is_exactly_x_cos_plus_rotate_half_x_sin() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let rope = Rope::new(vs.root(), 4, 8);
+        tch::manual_seed(0);
+        let x = Tensor::randn([2, 3, 16, 8], (Kind::Float, tch::Device::Cpu));
+        // rotate_half as the published module writes it: pairs (a, b) → (−b, a).
+        let pairs = x.reshape([2, 3, 16, 4, 2]);
+        let rotated =
+            Tensor::stack(&[pairs.select(-1, 1).neg(), pairs.select(-1, 0)], -1).reshape([2, 3, 16, 8]);
+        let want = &x * &rope.cos + rotated * &rope.sin;
+        assert!(rope.apply(&x).equal(&want));
     }
 }

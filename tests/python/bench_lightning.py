@@ -13,6 +13,7 @@ ap.add_argument("--repo", required=True)
 ap.add_argument("--config", required=True)
 ap.add_argument("--batch", type=int, required=True)
 ap.add_argument("--steps", type=int, required=True)
+ap.add_argument("--profile", help="write torch.profiler's Chrome trace of the timed steps here")
 a = ap.parse_args()
 os.environ["TORCHDYNAMO_DISABLE"] = "1"
 sys.path.insert(0, a.repo)
@@ -58,8 +59,14 @@ def cpu():
 
 
 step()
+profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if a.profile else None
+if profiler:
+    profiler.start()
 wall, c = time.perf_counter(), cpu()
 for _ in range(a.steps):
     step()
 n = a.steps
+if profiler:
+    profiler.stop()
+    profiler.export_chrome_trace(a.profile)
 print(json.dumps({"seconds_per_step": (time.perf_counter() - wall) / n, "cpu_seconds_per_step": (cpu() - c) / n}))
