@@ -1,7 +1,7 @@
 //! libtorch's operator profiler, which tch does not expose (through `profile.cpp`): the
 //! operators a stretch of work ran and their times, saved as the Chrome trace that
 //! `torch.profiler` exports, so a Rust run and a PyTorch run can be compared operator by
-//! operator (`scripts/profile_ops`). Records the calling thread's operators on the CPU.
+//! operator (`tests/python/profile_ops.py`). Records the calling thread's operators on the CPU.
 
 use std::ffi::{c_char, CString};
 use std::path::Path;
