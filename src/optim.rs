@@ -58,10 +58,16 @@ impl Adam {
         let bias_correction1 = 1.0 - self.beta1.powf(step);
         let bias_correction2_sqrt = (1.0 - self.beta2.powf(step)).sqrt();
         let step_size = lr / bias_correction1;
+        assert!(
+            params.len() == self.exp_avg.len() && params.len() == self.exp_avg_sq.len(),
+            "Adam holds moments for {} parameters, given {}",
+            self.exp_avg.len(),
+            params.len()
+        );
         let (p, m, v) = (pointers(params), pointers(&self.exp_avg), pointers(&self.exp_avg_sq));
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
-        // SAFETY: three arrays of `len` live tensors (the moments are the parameters' shapes),
-        // borrowed for the call; the shim writes at most `len` bytes of message.
+        // SAFETY: three arrays of the same length (asserted above) of live tensors, borrowed for
+        // the call (the moments have the parameters' shapes); the shim writes at most `len` bytes of message.
         call(|err, len| unsafe {
             dit_adam_update(
                 p.as_ptr(),
