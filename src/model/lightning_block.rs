@@ -179,9 +179,9 @@ impl LightningBlock {
     fn attention(&self, h: &Tensor, how: &Compute, rope: Option<&Rope>) -> Tensor {
         let (b, l, e) = h.size3().expect("a block's input is (B, L, E)");
         let hd = e / self.head;
-        let qkv = linear(&self.qkv, h).reshape([b, l, 3, self.head, hd]).permute([2, 0, 3, 1, 4]); // (3, B, H, L, hd)
-                                                                                                   // One unbind, whose backward is one stack, rather than three selects, each of whose
-                                                                                                   // backward passes writes a zeroed tensor the size of all three.
+        // q, k and v (3, B, H, L, hd) by one unbind, whose backward is one stack, rather than three
+        // selects, each of whose backward passes writes a zeroed tensor the size of all three.
+        let qkv = linear(&self.qkv, h).reshape([b, l, 3, self.head, hd]).permute([2, 0, 3, 1, 4]);
         let [mut q, mut k, v]: [Tensor; 3] = qkv.unbind(0).try_into().expect("q, k and v");
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             (q, k) = (qn.forward(&q), kn.forward(&k));
